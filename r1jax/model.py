@@ -1,0 +1,289 @@
+"""A Llama / Qwen2-family decoder as pure functions over a params pytree.
+
+Parameters of the `num_layers` blocks are stacked on a leading `layers` axis and the blocks run
+under `jax.lax.scan`, so compile time does not grow with depth. Every parameter has logical axis
+names (`param_axes`) that `r1jax.sharding` maps onto a device mesh.
+
+Shapes: B batch, T query length, S key length (cache length when decoding), D hidden, H query
+heads, N kv heads, G = H // N query heads per kv head, K head dim, F mlp, V vocab, L layers.
+
+Padding convention: prompts are LEFT-padded so every prompt ends in the same slot and decoding
+writes one slot per step for the whole batch. `positions` (for RoPE) count only valid tokens,
+`kv_mask` marks which slots hold real tokens, and a query in slot i sees keys in slots <= i.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+
+from r1jax.config import ModelConfig
+
+Params = dict[str, Any]
+KVCache = dict[str, jax.Array]  # {"k": [L,B,S,N,K], "v": [L,B,S,N,K]}
+
+
+# ----------------------------------------------------------------------------------------------
+# Parameters
+# ----------------------------------------------------------------------------------------------
+def param_axes(config: ModelConfig) -> Params:
+  """Logical axis names of every parameter, a pytree of tuples shaped like `init_params`."""
+  layers = {
+      "attn_norm": ("layers", "norm"),
+      "wq": ("layers", "embed", "heads", "head_dim"),
+      "wk": ("layers", "embed", "kv_heads", "head_dim"),
+      "wv": ("layers", "embed", "kv_heads", "head_dim"),
+      "wo": ("layers", "heads", "head_dim", "embed"),
+      "mlp_norm": ("layers", "norm"),
+      "w_gate": ("layers", "embed", "mlp"),
+      "w_up": ("layers", "embed", "mlp"),
+      "w_down": ("layers", "mlp", "embed"),
+  }
+  if config.qkv_bias:
+    layers.update(bq=("layers", "heads", "head_dim"), bk=("layers", "kv_heads", "head_dim"),
+                  bv=("layers", "kv_heads", "head_dim"))
+  axes = {"embed": ("vocab", "embed"), "layers": layers, "final_norm": ("norm",)}
+  if not config.tie_embeddings:
+    axes["lm_head"] = ("embed", "vocab")
+  return axes
+
+
+def param_shapes(config: ModelConfig) -> Params:
+  """Shapes of every parameter, a pytree of tuples shaped like `init_params`."""
+  c = config
+  l, d, f, h, n, k, v = (c.num_layers, c.hidden_size, c.intermediate_size, c.num_heads,
+                         c.num_kv_heads, c.head_dim, c.vocab_size)
+  layers = {
+      "attn_norm": (l, d), "wq": (l, d, h, k), "wk": (l, d, n, k), "wv": (l, d, n, k),
+      "wo": (l, h, k, d), "mlp_norm": (l, d), "w_gate": (l, d, f), "w_up": (l, d, f),
+      "w_down": (l, f, d),
+  }
+  if c.qkv_bias:
+    layers.update(bq=(l, h, k), bk=(l, n, k), bv=(l, n, k))
+  shapes = {"embed": (v, d), "layers": layers, "final_norm": (d,)}
+  if not c.tie_embeddings:
+    shapes["lm_head"] = (d, v)
+  return shapes
+
+
+def _is_shape(x) -> bool:
+  return isinstance(x, tuple) and all(isinstance(i, int) for i in x)
+
+
+def init_params(config: ModelConfig, key: jax.Array, init_std: float = 0.02) -> Params:
+  """Random parameters: normal(0, init_std) for matrices, ones for norms, zeros for biases."""
+  shapes = param_shapes(config)
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(shapes, is_leaf=_is_shape)
+  keys = jax.random.split(key, len(leaves))
+  dtype = config.storage_dtype
+  out = []
+  for (path, shape), k in zip(leaves, keys):
+    name = path[-1].key
+    if "norm" in name:
+      out.append(jnp.ones(shape, dtype))
+    elif name in ("bq", "bk", "bv"):
+      out.append(jnp.zeros(shape, dtype))
+    else:
+      out.append((init_std * jax.random.normal(k, shape, jnp.float32)).astype(dtype))
+  return jax.tree_util.tree_unflatten(treedef, out)
+
+
+# ----------------------------------------------------------------------------------------------
+# Building blocks
+# ----------------------------------------------------------------------------------------------
+def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
+  """RMSNorm in float32, returned in x's dtype (as transformers does)."""
+  x32 = x.astype(jnp.float32)
+  x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+  return weight.astype(jnp.float32) * x32.astype(x.dtype).astype(jnp.float32)
+
+
+def rotary(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+  """Rotary embedding, half-split convention of the HF Llama/Qwen2 checkpoints.
+
+  x: [B,T,heads,K]; positions: [B,T] int.
+  """
+  k = x.shape[-1]
+  inv_freq = 1.0 / (theta ** (jnp.arange(0, k, 2, dtype=jnp.float32) / k))  # [K/2]
+  angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [B,T,K/2]
+  cos = jnp.cos(angles)[:, :, None, :]
+  sin = jnp.sin(angles)[:, :, None, :]
+  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x.dtype)
+
+
+def attention_mask(kv_mask: jax.Array, query_slots: jax.Array) -> jax.Array:
+  """Causal-and-valid mask [B,1,1,T,S]: query in slot i sees valid keys in slots <= i.
+
+  kv_mask: [B,S] bool; query_slots: [T] int.
+  """
+  key_slots = jnp.arange(kv_mask.shape[1])
+  causal = key_slots[None, :] <= query_slots[:, None]  # [T,S]
+  return (causal[None] & kv_mask[:, None, :])[:, None, None]
+
+
+def attend(q, k, v, mask):
+  """Grouped-query attention. q: [B,T,H,K]; k, v: [B,S,N,K]; mask: [B,1,1,T,S] -> [B,T,H,K]."""
+  b, t, h, d = q.shape
+  n = k.shape[2]
+  q = q.reshape(b, t, n, h // n, d)
+  scores = jnp.einsum("btngk,bsnk->bngts", q, k, preferred_element_type=jnp.float32)
+  scores = scores * (d ** -0.5)
+  scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+  out = jnp.einsum("bngts,bsnk->btngk", probs, v)
+  return out.reshape(b, t, h, d)
+
+
+def mlp(x, p, dtype):
+  gate = jnp.einsum("btd,df->btf", x, p["w_gate"].astype(dtype))
+  up = jnp.einsum("btd,df->btf", x, p["w_up"].astype(dtype))
+  return jnp.einsum("btf,fd->btd", jax.nn.silu(gate) * up, p["w_down"].astype(dtype))
+
+
+def _block(x, p, layer_cache, *, config, positions, mask, cache_index):
+  """One transformer block. layer_cache: None or (k [B,S,N,K], v [B,S,N,K])."""
+  dtype = config.compute_dtype
+  h = rms_norm(x, p["attn_norm"], config.rms_norm_eps).astype(dtype)
+  q = jnp.einsum("btd,dhk->bthk", h, p["wq"].astype(dtype))
+  k = jnp.einsum("btd,dnk->btnk", h, p["wk"].astype(dtype))
+  v = jnp.einsum("btd,dnk->btnk", h, p["wv"].astype(dtype))
+  if config.qkv_bias:
+    q, k, v = q + p["bq"].astype(dtype), k + p["bk"].astype(dtype), v + p["bv"].astype(dtype)
+  q = rotary(q, positions, config.rope_theta)
+  k = rotary(k, positions, config.rope_theta)
+  if layer_cache is not None:
+    ck, cv = layer_cache
+    ck = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, cache_index, 0, 0))
+    cv = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, cache_index, 0, 0))
+    layer_cache = (ck, cv)
+    k, v = ck.astype(dtype), cv.astype(dtype)
+  attn = attend(q, k, v, mask)
+  x = x + jnp.einsum("bthk,hkd->btd", attn, p["wo"].astype(dtype))
+  h = rms_norm(x, p["mlp_norm"], config.rms_norm_eps).astype(dtype)
+  x = x + mlp(h, p, dtype)
+  return x, layer_cache
+
+
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def forward(params: Params, tokens: jax.Array, config: ModelConfig, *, positions: jax.Array,
+            kv_mask: jax.Array, cache: Optional[KVCache] = None, cache_index=0,
+            remat: str = "none", return_hidden: bool = False):
+  """Runs the decoder.
+
+  Args:
+    tokens: [B,T] int token ids.
+    positions: [B,T] int RoPE positions (count of valid tokens before each one).
+    kv_mask: [B,S] bool, valid key slots. Without a cache S == T; with one, S is the cache
+      length and the mask already covers the T slots being written.
+    cache: optional KV cache {"k","v": [L,B,S,N,K]}; the new keys/values are written at slots
+      [cache_index, cache_index + T).
+    remat: rematerialization of each block in the backward pass: none | full | dots.
+    return_hidden: return the final normed hidden states [B,T,D] instead of logits.
+
+  Returns:
+    (logits [B,T,V] float32 or hidden [B,T,D], updated cache or None).
+  """
+  if remat not in REMAT_POLICIES:
+    raise ValueError(f"remat={remat!r}; expected one of {sorted(REMAT_POLICIES)}")
+  dtype = config.compute_dtype
+  x = jnp.take(params["embed"], tokens, axis=0).astype(dtype)
+  query_slots = cache_index + jnp.arange(tokens.shape[1])
+  mask = attention_mask(kv_mask, query_slots)
+
+  def body(carry, layer_params):
+    x, ck, cv, i = carry
+    layer_cache = None
+    if cache is not None:
+      layer_cache = (ck[i], cv[i])
+    x, layer_cache = _block(x, layer_params, layer_cache, config=config, positions=positions,
+                            mask=mask, cache_index=cache_index)
+    if cache is not None:
+      ck = jax.lax.dynamic_update_index_in_dim(ck, layer_cache[0], i, 0)
+      cv = jax.lax.dynamic_update_index_in_dim(cv, layer_cache[1], i, 0)
+    return (x, ck, cv, i + 1), None
+
+  if remat != "none":
+    body = jax.checkpoint(body, policy=REMAT_POLICIES[remat], prevent_cse=False)
+  ck = cache["k"] if cache is not None else jnp.zeros((), dtype)
+  cv = cache["v"] if cache is not None else jnp.zeros((), dtype)
+  (x, ck, cv, _), _ = jax.lax.scan(body, (x, ck, cv, jnp.int32(0)), params["layers"])
+  new_cache = {"k": ck, "v": cv} if cache is not None else None
+  x = rms_norm(x, params["final_norm"], config.rms_norm_eps).astype(dtype)
+  if return_hidden:
+    return x, new_cache
+  return unembed(params, x, config), new_cache
+
+
+def unembed(params: Params, hidden: jax.Array, config: ModelConfig) -> jax.Array:
+  """Hidden [...,D] -> float32 logits [...,V] (tied embedding or lm_head)."""
+  dtype = config.compute_dtype
+  if config.tie_embeddings:
+    w = params["embed"].astype(dtype)
+    logits = jnp.einsum("...d,vd->...v", hidden, w, preferred_element_type=jnp.float32)
+  else:
+    w = params["lm_head"].astype(dtype)
+    logits = jnp.einsum("...d,dv->...v", hidden, w, preferred_element_type=jnp.float32)
+  return logits
+
+
+def init_cache(config: ModelConfig, batch: int, length: int, dtype=None) -> KVCache:
+  """Zero KV cache {"k","v": [L,B,S,N,K]} in the compute dtype (or `dtype`)."""
+  shape = (config.num_layers, batch, length, config.num_kv_heads, config.head_dim)
+  dtype = dtype or config.compute_dtype
+  return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+
+
+def positions_from_mask(mask: jax.Array) -> jax.Array:
+  """RoPE positions [B,T] from a validity mask: number of valid tokens before each slot."""
+  return jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=-1) - 1, 0)
+
+
+def token_log_probs(logits: jax.Array, targets: jax.Array, temperature: float = 1.0):
+  """log softmax(logits / temperature)[targets] and the entropy, both [...] float32."""
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32) / temperature, axis=-1)
+  picked = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+  entropy = -jnp.sum(jnp.exp(logp) * logp, axis=-1)
+  return picked, entropy
+
+
+def sequence_log_probs(params: Params, tokens: jax.Array, mask: jax.Array, config: ModelConfig,
+                       *, temperature: float = 1.0, remat: str = "none",
+                       chunk_size: Optional[int] = None):
+  """Log-prob of each next token of `tokens` under the policy, and the policy's entropy.
+
+  tokens, mask: [B,T]. Returns (logp [B,T-1], entropy [B,T-1]) where entry t scores token t+1
+  given tokens <= t. `chunk_size` unembeds the sequence in chunks of that many positions so the
+  [B,T,V] float32 logits are never materialized at once (large vocabularies).
+  """
+  positions = positions_from_mask(mask)
+  hidden, _ = forward(params, tokens, config, positions=positions, kv_mask=mask.astype(bool),
+                      remat=remat, return_hidden=True)
+  hidden, targets = hidden[:, :-1], tokens[:, 1:]
+  if chunk_size is None or chunk_size >= hidden.shape[1]:
+    return token_log_probs(unembed(params, hidden, config), targets, temperature)
+  t = hidden.shape[1]
+  pad = (-t) % chunk_size
+  hidden = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
+  targets = jnp.pad(targets, ((0, 0), (0, pad)))
+  n = hidden.shape[1] // chunk_size
+  hs = hidden.reshape(hidden.shape[0], n, chunk_size, -1).swapaxes(0, 1)
+  ts = targets.reshape(targets.shape[0], n, chunk_size).swapaxes(0, 1)
+
+  @jax.checkpoint
+  def one(h, tgt):
+    return token_log_probs(unembed(params, h, config), tgt, temperature)
+
+  logp, ent = jax.lax.map(lambda a: one(*a), (hs, ts))
+  logp = logp.swapaxes(0, 1).reshape(hidden.shape[0], -1)[:, :t]
+  ent = ent.swapaxes(0, 1).reshape(hidden.shape[0], -1)[:, :t]
+  return logp, ent

@@ -1,0 +1,36 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="r1jax",
+    version="0.1.0",
+    description="DeepSeek-R1-Zero / R1 training (GRPO with rule-based rewards) in JAX",
+    packages=find_packages(include=["r1jax", "r1jax.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "jax>=0.6.0,<0.12",
+        "flax>=0.10,<0.13",
+        "optax>=0.2.4,<0.3",
+        "orbax-checkpoint>=0.11,<0.13",
+        "chex>=0.1.88,<0.2",
+        "absl-py>=2.1,<3",
+        "numpy>=1.26,<3",
+        "safetensors>=0.4,<0.9",
+        "tokenizers>=0.20,<0.24",
+        "tensorflow-datasets>=4.9.7,<4.10",
+        "array-record>=0.5,<0.9",
+        "math-verify>=0.7,<0.10",
+        "matplotlib>=3.8,<3.12",
+        "tensorboardX>=2.6,<2.7",
+        "tqdm>=4.66,<5",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8,<10",
+            "torch==2.13.0",
+            "transformers>=4.51,<6",
+            "nbclient>=0.10,<0.11",
+            "nbformat>=5.10,<6",
+            "ipykernel>=6.29,<8",
+        ],
+    },
+)
