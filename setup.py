@@ -27,7 +27,7 @@ setup(
         "test": [
             "pytest>=8,<10",
             "torch==2.13.0",
-            "transformers>=4.51,<6",
+            "transformers>=5.0,<6",
             "nbclient>=0.10,<0.11",
             "nbformat>=5.10,<6",
             "ipykernel>=6.29,<8",

@@ -1,0 +1,99 @@
+"""Orbax checkpoints of the whole train state, and restore-or-init for resumable runs."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Optional
+
+import jax
+import orbax.checkpoint as ocp
+
+
+class CheckpointShapeError(ValueError):
+  """A checkpoint's arrays do not match the model the flags describe."""
+
+
+class Checkpointer:
+  """An orbax CheckpointManager over `<workdir>/checkpoints`: save every `save_steps` steps
+  (and on demand), keep the newest `max_to_keep`, restore the latest."""
+
+  def __init__(self, directory: str, save_steps: int, max_to_keep: int = 3):
+    if save_steps < 1:
+      raise ValueError(f"--save_steps must be >= 1, got {save_steps}")
+    self.directory = os.path.abspath(directory)
+    self.manager = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(save_interval_steps=save_steps,
+                                             max_to_keep=max_to_keep, create=True))
+
+  def latest_step(self) -> Optional[int]:
+    return self.manager.latest_step()
+
+  def save(self, step: int, state: Any, *, meta: Optional[dict] = None, force: bool = False):
+    """Saves `state` at `step` when the interval says so (or `force`); waits for the write so
+    that nothing is lost if the process dies right after."""
+    args = ocp.args.Composite(state=ocp.args.StandardSave(state),
+                              meta=ocp.args.JsonSave(meta or {}))
+    saved = self.manager.save(step, args=args, force=force)
+    self.manager.wait_until_finished()
+    return saved
+
+  def restore(self, abstract_state: Any, step: Optional[int] = None) -> tuple[Any, dict]:
+    """Restores the state at `step` (default latest) into the structure of `abstract_state`
+    (a pytree of arrays or jax.ShapeDtypeStruct with the target shardings)."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint in {self.directory}")
+    target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
+    _check_shapes(self.directory, step, self.manager, target)
+    restored = self.manager.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
+                                      meta=ocp.args.JsonRestore()))
+    return restored["state"], dict(restored.get("meta") or {})
+
+  def close(self):
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+
+def _check_shapes(directory, step, manager, target):
+  """Compares the saved array shapes with the target's; raises naming the first mismatch."""
+  try:
+    meta = manager.item_metadata(step)
+    saved = meta["state"] if meta is not None else None
+  except Exception:  # pylint: disable=broad-except
+    return  # no metadata to compare: orbax itself will complain if shapes differ.
+  if saved is None:
+    return
+  saved_flat = {_norm(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(
+      saved, is_leaf=lambda x: hasattr(x, "shape"))[0]}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(target)[0]:
+    s = saved_flat.get(_norm(path))
+    if s is None:
+      raise CheckpointShapeError(
+          f"checkpoint {directory}/{step} has no entry {jax.tree_util.keystr(path)}: it was "
+          "written by a run with another model or loss configuration")
+    if hasattr(s, "shape") and tuple(s.shape) != tuple(leaf.shape):
+      raise CheckpointShapeError(
+          f"checkpoint {directory}/{step}: {jax.tree_util.keystr(path)} has shape "
+          f"{tuple(s.shape)} but the model flags give {tuple(leaf.shape)}; use another "
+          "--workdir or the flags of the run that wrote it")
+
+
+def _norm(path) -> tuple[str, ...]:
+  """A key path as plain strings: orbax's metadata turns named tuples into dicts and lists."""
+  out = []
+  for k in path:
+    for attr in ("key", "idx", "name"):
+      if hasattr(k, attr):
+        out.append(str(getattr(k, attr)))
+        break
+  return tuple(out)
+
+
+def save_json(path: str, obj: dict):
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=2, sort_keys=True, default=str)
+  os.replace(tmp, path)

@@ -1,0 +1,125 @@
+"""Evaluation as the DeepSeek-R1 paper reports it: pass@1 averaged over k samples, cons@k
+(majority vote over the extracted answers) and the unbiased pass@k estimator."""
+
+from __future__ import annotations
+
+import collections
+import math
+from typing import Any, Callable, Optional, Sequence
+
+import jax
+import numpy as np
+
+from r1jax import sampling
+from r1jax.config import ModelConfig
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+  """Unbiased pass@k of Chen et al. (2021): 1 − C(n−c, k) / C(n, k), for n samples of which c
+  are correct. Computed as a product so large n does not overflow."""
+  if not 0 <= c <= n or not 1 <= k <= n:
+    raise ValueError(f"pass_at_k needs 0 <= c <= n and 1 <= k <= n, got n={n} c={c} k={k}")
+  if n - c < k:
+    return 1.0
+  return 1.0 - float(np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
+
+
+def normalize_answer(answer: Optional[str]) -> Optional[str]:
+  """The key answers are voted on by: whitespace removed. None stays None (no answer)."""
+  if answer is None:
+    return None
+  key = "".join(answer.split())
+  return key or None
+
+
+def majority_vote(answers: Sequence[Optional[str]]) -> Optional[int]:
+  """Index of a sample carrying the most frequent normalized answer (None answers don't vote).
+
+  Ties are broken deterministically by the answer that appears first; the index returned is
+  that answer's first occurrence. None when no sample has an answer.
+  """
+  keys = [normalize_answer(a) for a in answers]
+  counts = collections.Counter(k for k in keys if k is not None)
+  if not counts:
+    return None
+  best = max(counts.values())
+  for i, k in enumerate(keys):
+    if k is not None and counts[k] == best:
+      return i
+  return None
+
+
+def summarize(correct: np.ndarray, answers: Sequence[Sequence[Optional[str]]],
+              ks: Sequence[int] = (1,)) -> dict[str, float]:
+  """Metrics from a [P, k] boolean matrix of sample correctness and the extracted answers.
+
+  pass@1 is the mean over problems of the share of correct samples (the paper's "pass@1
+  averaged over k samples"); cons@k the share of problems whose majority answer is correct;
+  pass@j the unbiased estimator for each j in `ks` (j <= k).
+  """
+  correct = np.asarray(correct, bool)
+  p, k = correct.shape
+  out = {"num_problems": p, "samples_per_problem": k,
+         "pass@1": float(correct.mean()) if p else 0.0}
+  cons = []
+  for i in range(p):
+    j = majority_vote(answers[i])
+    cons.append(bool(correct[i, j]) if j is not None else False)
+  out["cons@k"] = float(np.mean(cons)) if p else 0.0
+  for j in ks:
+    if j <= k:
+      out[f"pass@{j}"] = float(np.mean([pass_at_k(k, int(c), j) for c in correct.sum(1)]))
+  return out
+
+
+def evaluate_policy(params, model_config: ModelConfig, tokenizer, problems: Sequence[Any], *,
+                    format_prompt: Callable[[Any], str],
+                    score_fn: Callable[[list[str], list[Any]], tuple],
+                    extract_fn: Callable[[str], Optional[str]],
+                    num_samples: int, key, temperature: float = 0.6, top_p: float = 0.95,
+                    top_k: int = 0, max_prompt_length: int = 256, max_new_tokens: int = 256,
+                    batch_size: int = 16, stop_sequences=(), add_bos: bool = True,
+                    ks: Sequence[int] = (1,), progress: bool = False):
+  """Samples `num_samples` completions per problem and scores them.
+
+  Problems go through the sampler `batch_size` at a time with fixed shapes (the last batch is
+  padded by repeating a problem and the padding is discarded), so there is one compilation.
+  Returns (report dict, records: one dict per problem with its completions and correctness).
+  """
+  from r1jax.trainer import decode_completions, encode_prompts  # pylint: disable=import-outside-toplevel
+  cfg = sampling.SamplingConfig(
+      max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+      num_samples=num_samples, eos_ids=tuple(tokenizer.eos_ids), stop_sequences=stop_sequences,
+      pad_id=tokenizer.pad_id)
+  problems = list(problems)
+  records, correct, answers = [], [], []
+  lengths = []
+  starts = range(0, len(problems), batch_size)
+  if progress:
+    from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+    starts = tqdm(starts, desc="eval", unit="batch")
+  for start in starts:
+    chunk = problems[start:start + batch_size]
+    real = len(chunk)
+    chunk = chunk + [chunk[-1]] * (batch_size - real)
+    ptoks, pmask = encode_prompts(tokenizer, [format_prompt(p) for p in chunk],
+                                  max_prompt_length, add_bos)
+    key, sub = jax.random.split(key)
+    out = jax.device_get(sampling.generate(params, model_config, ptoks, pmask, sub, cfg))
+    n = real * num_samples
+    texts = decode_completions(tokenizer, out.tokens[:n], out.lengths[:n])
+    rows = [p for p in chunk[:real] for _ in range(num_samples)]
+    _, components, _ = score_fn(texts, rows)
+    ok = np.asarray(components["accuracy"]) > 0.5
+    lengths.extend(np.asarray(out.lengths[:n]).tolist())
+    for i in range(real):
+      sl = slice(i * num_samples, (i + 1) * num_samples)
+      ans = [extract_fn(t) for t in texts[sl]]
+      correct.append(ok[sl])
+      answers.append(ans)
+      records.append({"question": getattr(chunk[i], "question", str(chunk[i])),
+                      "gold": getattr(chunk[i], "answer", None), "completions": texts[sl],
+                      "answers": ans, "correct": ok[sl].tolist()})
+  report = summarize(np.array(correct).reshape(len(problems), num_samples), answers, ks)
+  report["completion_length_mean"] = float(np.mean(lengths)) if lengths else 0.0
+  return report, records
