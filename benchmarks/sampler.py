@@ -1,0 +1,142 @@
+"""Throughput of r1jax.sampling.generate against the HBM roofline of decoding.
+
+Decoding one token for a batch is memory-bound: each step reads every weight once and the KV
+cache of every row. The roofline is therefore
+
+  bytes_per_step = weight_bytes + kv_bytes
+  weight_bytes   = bytes of all parameters, less the input embedding table when it is untied
+                   (decode gathers only R rows of it; a tied table is read whole by the unembed)
+  kv_bytes       = 2 (k and v) * L * R * N_kv * K * itemsize(cache) * mean filled length,
+                   mean filled length = P + N/2 (step t attends P + t slots, t = 1..N-1)
+  roofline tok/s = R / (bytes_per_step / bandwidth)
+
+with bandwidth measured as (bytes read + bytes written) / time of a large jitted `x + 1`. The
+sampler uses fixed shapes and reads all S = P + N - 1 cache slots every step, so a second
+roofline with the full cache (`full S`) is printed too: the gap between the two is the cost of
+fixed shapes.
+
+  python benchmarks/sampler.py --preset qwen2.5-0.5b --batch 64,256 --prompt_len 128 \\
+      --new_tokens 512 --dtype bfloat16
+  python benchmarks/sampler.py --small   # CPU, tiny preset, seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+
+def parse_args(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--preset", default="qwen2.5-0.5b")
+  parser.add_argument("--batch", default="64,256", help="comma-separated rows R = B*G")
+  parser.add_argument("--prompt_len", type=int, default=128)
+  parser.add_argument("--new_tokens", type=int, default=512)
+  parser.add_argument("--dtype", default="bfloat16", help="params, compute and KV cache dtype")
+  parser.add_argument("--top_k", type=int, default=0)
+  parser.add_argument("--top_p", type=float, default=1.0)
+  parser.add_argument("--repeats", type=int, default=3, help="timed runs; the median is kept")
+  parser.add_argument("--bandwidth_mib", type=int, default=2048,
+                      help="size of the array copied to measure memory bandwidth")
+  parser.add_argument("--small", action="store_true",
+                      help="CPU smoke run: tiny preset, batch 4,16, prompt 16, 32 new tokens")
+  args = parser.parse_args(argv)
+  if args.small:
+    args.preset, args.batch, args.prompt_len, args.new_tokens = "tiny", "4,16", 16, 32
+    args.dtype, args.bandwidth_mib, args.repeats = "float32", 64, 3
+  try:
+    args.batch = [int(b) for b in args.batch.split(",")]
+  except ValueError:
+    parser.error(f"--batch={args.batch!r} must be comma-separated ints")
+  if args.new_tokens < 2:
+    parser.error("--new_tokens must be >= 2 (one prefill token plus decode steps)")
+  return args
+
+
+def _median_seconds(fn, repeats):
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return sorted(times)[len(times) // 2]
+
+
+def measure_bandwidth(mib: int, repeats: int = 5) -> float:
+  """Device memory bandwidth in bytes/s: (read + write) bytes of a jitted x + 1 over `mib` MiB."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  x = jnp.zeros((mib * 2**20 // 4,), jnp.float32)
+  add_one = jax.jit(lambda a: a + 1)
+  add_one(x).block_until_ready()
+  seconds = min(_median_seconds(lambda: add_one(x).block_until_ready(), 1)
+                for _ in range(repeats))
+  return 2 * x.nbytes / seconds
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  if args.small:
+    os.environ["JAX_PLATFORMS"] = "cpu"
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+
+  from r1jax import model  # pylint: disable=import-outside-toplevel
+  from r1jax.config import get_config  # pylint: disable=import-outside-toplevel
+  from r1jax.sampling import SamplingConfig, generate  # pylint: disable=import-outside-toplevel
+
+  config = get_config(args.preset, dtype=args.dtype, param_dtype=args.dtype)
+  params = jax.jit(lambda k: model.init_params(config, k))(jax.random.PRNGKey(0))
+  p, n = args.prompt_len, args.new_tokens
+  itemsize = jnp.dtype(config.compute_dtype).itemsize
+  weight_bytes = sum(x.nbytes for x in jax.tree_util.tree_leaves(params))
+  if not config.tie_embeddings:
+    weight_bytes -= params["embed"].nbytes
+  kv_bytes_per_slot_row = 2 * config.num_layers * config.num_kv_heads * config.head_dim * itemsize
+  bandwidth = measure_bandwidth(args.bandwidth_mib)
+
+  print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), preset {args.preset}, "
+        f"{config.num_params() / 1e6:.1f}M params, dtype {args.dtype}, P={p}, N={n}, "
+        f"top_k={args.top_k}, top_p={args.top_p}")
+  print(f"measured copy bandwidth: {bandwidth / 1e9:.1f} GB/s; weights read per step: "
+        f"{weight_bytes / 1e6:.1f} MB")
+  header = ("batch", "tok/s", "ms/step", "prefill ms", "MB/step", "roofline tok/s", "ratio",
+            "MB/step(full S)", "ratio(full S)")
+  print(" | ".join(header))
+  for batch in args.batch:
+    rng = np.random.default_rng(batch)
+    tokens = jnp.asarray(rng.integers(0, config.vocab_size, (batch, p)), jnp.int32)
+    mask = jnp.ones((batch, p), bool)
+    key = jax.random.PRNGKey(1)
+    sampling = SamplingConfig(max_new_tokens=n, temperature=1.0, top_k=args.top_k,
+                              top_p=args.top_p)  # no EOS: every row runs all N steps
+    prefill_only = SamplingConfig(max_new_tokens=1, temperature=1.0, top_k=args.top_k,
+                                  top_p=args.top_p)
+
+    def run(s):
+      return lambda: jax.block_until_ready(generate(params, config, tokens, mask, key, s))
+
+    run(sampling)()  # compile
+    run(prefill_only)()
+    total = _median_seconds(run(sampling), args.repeats)
+    prefill = _median_seconds(run(prefill_only), args.repeats)
+    step = (total - prefill) / (n - 1)
+    tok_per_s = batch * n / total
+    bytes_mean = weight_bytes + kv_bytes_per_slot_row * batch * (p + n / 2)
+    bytes_full = weight_bytes + kv_bytes_per_slot_row * batch * (p + n - 1)
+    roofline = batch / (bytes_mean / bandwidth)
+    roofline_full = batch / (bytes_full / bandwidth)
+    decode_tok_per_s = batch / step
+    print(f"{batch} | {tok_per_s:.0f} | {step * 1e3:.3f} | {prefill * 1e3:.1f} | "
+          f"{bytes_mean / 1e6:.1f} | {roofline:.0f} | {decode_tok_per_s / roofline:.2f} | "
+          f"{bytes_full / 1e6:.1f} | {decode_tok_per_s / roofline_full:.2f}")
+  print("tok/s: generated tokens / total generate time (prefill included); ratio: decode-only "
+        "tok/s (batch / ms per step) over the roofline.")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

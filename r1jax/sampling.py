@@ -1,0 +1,347 @@
+"""Jitted autoregressive sampling with a KV cache: the rollout step of GRPO.
+
+For each question q the policy samples a group of G outputs {o_1..o_G} (DeepSeek-R1 §2.2.1,
+Eq. 1); the log-probs returned here are π_old(o_t | q, o_<t), which the GRPO ratio divides by.
+
+Shapes: B prompts, G = `num_samples` completions per prompt, R = B*G rows, P prompt length
+(left-padded), N = `max_new_tokens`, V vocab, S = P + N - 1 cache slots (the last sampled token is
+never fed back, so it needs no slot).
+
+Layout: one prefill forward over the B distinct prompts writes a cache of P slots; the cache and
+the last-position logits are then `jnp.repeat`-ed G times along the batch (row b*G+g is sample g of
+prompt b) and padded to S slots. Prefilling B rather than R rows saves G-1 of every G prefill
+FLOPs, and the repeat is a single memory copy of the prompt cache. The decode loop is a
+`jax.lax.while_loop` over fixed shapes that exits as soon as every row is done.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from r1jax import model
+from r1jax.config import ModelConfig, dtype_from_name
+
+
+# ----------------------------------------------------------------------------------------------
+# Configuration and outputs
+# ----------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+  """How to sample completions. Hashable: it is a static argument of the jitted `generate`.
+
+  temperature 0 means greedy decoding (the returned log-probs then use temperature 1).
+  top_k 0 and top_p 1 switch those filters off. Generation of a row stops after a token of
+  `eos_ids` or after the last token of one of `stop_sequences` (token-id tuples matched against the
+  generated tokens only); the stop tokens are kept in the output and counted in `lengths`.
+  """
+
+  max_new_tokens: int
+  temperature: float = 1.0
+  top_k: int = 0
+  top_p: float = 1.0
+  num_samples: int = 1
+  eos_ids: tuple[int, ...] = ()
+  stop_sequences: tuple[tuple[int, ...], ...] = ()
+  pad_id: int = 0
+
+  def __post_init__(self):
+    def is_int(x):
+      return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+
+    if not is_int(self.max_new_tokens) or self.max_new_tokens < 1:
+      raise ValueError(f"max_new_tokens={self.max_new_tokens!r} must be an int >= 1")
+    if not np.isfinite(self.temperature) or self.temperature < 0:
+      raise ValueError(f"temperature={self.temperature!r} must be finite and >= 0")
+    if not is_int(self.top_k) or self.top_k < 0:
+      raise ValueError(f"top_k={self.top_k!r} must be an int >= 0 (0 disables it)")
+    if not 0 < self.top_p <= 1:
+      raise ValueError(f"top_p={self.top_p!r} must be in (0, 1] (1 disables it)")
+    if not is_int(self.num_samples) or self.num_samples < 1:
+      raise ValueError(f"num_samples={self.num_samples!r} must be an int >= 1")
+    if not is_int(self.pad_id) or self.pad_id < 0:
+      raise ValueError(f"pad_id={self.pad_id!r} must be an int >= 0")
+    # Lists would make the config unhashable; coerce to tuples.
+    try:
+      eos = tuple(int(i) for i in self.eos_ids)
+    except (TypeError, ValueError) as e:
+      raise ValueError(f"eos_ids={self.eos_ids!r} must be a sequence of ints") from e
+    try:
+      stops = tuple(tuple(int(i) for i in s) for s in self.stop_sequences)
+    except (TypeError, ValueError) as e:
+      raise ValueError(
+          f"stop_sequences={self.stop_sequences!r} must be a sequence of int sequences") from e
+    if any(len(s) == 0 for s in stops):
+      raise ValueError(f"stop_sequences={self.stop_sequences!r} contains an empty sequence")
+    if any(i < 0 for i in eos) or any(i < 0 for s in stops for i in s):
+      raise ValueError("eos_ids and stop_sequences must hold non-negative token ids")
+    object.__setattr__(self, "eos_ids", eos)
+    object.__setattr__(self, "stop_sequences", stops)
+    object.__setattr__(self, "temperature", float(self.temperature))
+    object.__setattr__(self, "top_p", float(self.top_p))
+
+
+class SampleOutput(NamedTuple):
+  """Completions of `generate`; row b*G+g is sample g of prompt b. R = B*G rows."""
+
+  tokens: jax.Array         # [R,N] int32, pad_id after the end
+  log_probs: jax.Array      # [R,N] float32, log softmax(logits/T) over the full vocab; 0 after end
+  mask: jax.Array           # [R,N] bool, generated tokens up to and including EOS / stop
+  lengths: jax.Array        # [R] int32, mask.sum(-1)
+  truncated: jax.Array      # [R] bool, reached max_new_tokens without EOS / stop
+  prompt_tokens: jax.Array  # [R,P] int32, the left-padded prompts repeated G times
+  prompt_mask: jax.Array    # [R,P] bool
+
+
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, max_len: Optional[int] = None,
+             truncate: bool = False):
+  """Left-pads token-id prompts to one length (model.py's padding convention).
+
+  Args:
+    prompts: B non-empty sequences of token ids.
+    pad_id: id written into the padding slots (masked out; must be a valid embedding row).
+    max_len: P; defaults to the longest prompt. A longer prompt raises, or with `truncate=True`
+      keeps its last max_len tokens.
+
+  Returns:
+    (tokens [B,P] int32, mask [B,P] bool).
+  """
+  prompts = [list(p) for p in prompts]
+  if not prompts:
+    raise ValueError("prompts is empty")
+  for i, p in enumerate(prompts):
+    if not p:
+      raise ValueError(f"prompts[{i}] is empty")
+  longest = max(len(p) for p in prompts)
+  if max_len is None:
+    max_len = longest
+  if max_len < 1:
+    raise ValueError(f"max_len={max_len} (max_prompt_length) must be >= 1")
+  if longest > max_len:
+    if not truncate:
+      i = max(range(len(prompts)), key=lambda j: len(prompts[j]))
+      raise ValueError(f"prompts[{i}] has {longest} tokens, more than max_prompt_length="
+                       f"{max_len}; raise it or pass truncate=True")
+    prompts = [p[-max_len:] for p in prompts]
+  tokens = np.full((len(prompts), max_len), pad_id, np.int32)
+  mask = np.zeros((len(prompts), max_len), bool)
+  for i, p in enumerate(prompts):
+    tokens[i, max_len - len(p):] = p
+    mask[i, max_len - len(p):] = True
+  return tokens, mask
+
+
+# ----------------------------------------------------------------------------------------------
+# One sampling step
+# ----------------------------------------------------------------------------------------------
+def _top_p_threshold(sorted_desc: jax.Array, top_p: float) -> jax.Array:
+  """Smallest kept logit [...,1] of the top-p nucleus of logits sorted in descending order.
+
+  Keeps the smallest prefix whose probability mass is >= top_p (as transformers' TopPLogitsWarper):
+  a token is kept when the mass strictly before it is < top_p, so the first is always kept.
+  """
+  probs = jax.nn.softmax(sorted_desc, axis=-1)
+  mass_before = jnp.cumsum(probs, axis=-1) - probs
+  num_kept = jnp.sum(mass_before < top_p, axis=-1, keepdims=True)  # >= 1
+  return jnp.take_along_axis(sorted_desc, num_kept - 1, axis=-1)
+
+
+def filter_logits(logits: jax.Array, top_k: int = 0, top_p: float = 1.0) -> jax.Array:
+  """Top-k then top-p filtering: logits [...,V] with the removed entries set to -inf.
+
+  Apply to temperature-scaled logits. Ties with the smallest kept logit are kept. top-k uses
+  `jax.lax.top_k` (no full sort) and the top-p nucleus is then found among those k; only top-p
+  without top-k sorts the whole vocabulary.
+  """
+  if top_k > 0 and top_k < logits.shape[-1]:
+    kept = jax.lax.top_k(logits, top_k)[0]  # [...,k] descending
+    threshold = kept[..., -1:]
+    if top_p < 1.0:
+      threshold = _top_p_threshold(kept, top_p)
+  elif top_p < 1.0:
+    threshold = _top_p_threshold(-jnp.sort(-logits, axis=-1), top_p)
+  else:
+    return logits
+  return jnp.where(logits >= threshold, logits, -jnp.inf)
+
+
+def sample_token(key: jax.Array, logits: jax.Array, temperature: float = 1.0, top_k: int = 0,
+                 top_p: float = 1.0):
+  """Samples one token per row.
+
+  Args:
+    logits: [R,V] float32 raw logits.
+    temperature: 0 means argmax.
+
+  Returns:
+    (token [R] int32, log_prob [R] float32). The log-prob is under softmax(logits / temperature)
+    over the FULL vocabulary, not the truncated one, so that it equals what the GRPO trainer
+    recomputes from the same logits; temperature 0 scores with temperature 1.
+  """
+  logits = logits.astype(jnp.float32)
+  if temperature == 0:
+    token = jnp.argmax(logits, axis=-1)
+    scaled = logits
+  else:
+    scaled = logits / temperature
+    token = jax.random.categorical(key, filter_logits(scaled, top_k, top_p), axis=-1)
+  token = token.astype(jnp.int32)
+  logp = jax.nn.log_softmax(scaled, axis=-1)
+  return token, jnp.take_along_axis(logp, token[:, None], axis=-1)[:, 0]
+
+
+# ----------------------------------------------------------------------------------------------
+# Generation
+# ----------------------------------------------------------------------------------------------
+class _State(NamedTuple):
+  step: jax.Array       # [] int32, index of the token sampled next
+  logits: jax.Array     # [R,V] float32, logits for token `step`
+  cache: dict           # {"k","v": [L,R,S,N,K]}
+  kv_mask: jax.Array    # [R,S] bool
+  tokens: jax.Array     # [R,N] int32
+  log_probs: jax.Array  # [R,N] float32
+  done: jax.Array       # [R] bool
+  lengths: jax.Array    # [R] int32, tokens written so far (stop token included)
+  history: jax.Array    # [R,M] int32, last M generated tokens (M = longest stop sequence)
+  last: jax.Array       # [R] int32, last sampled token (fed to the next decode step)
+
+
+def _stop_hit(history: jax.Array, stop_sequences) -> jax.Array:
+  """[R] bool: the generated tokens end with one of the stop sequences. history: [R,M]."""
+  hit = jnp.zeros(history.shape[:1], bool)
+  for seq in stop_sequences:  # static and few
+    tail = history[:, history.shape[1] - len(seq):]
+    hit |= jnp.all(tail == jnp.asarray(seq, jnp.int32), axis=-1)
+  return hit
+
+
+def _sample_and_record(state: _State, key: jax.Array, sampling: SamplingConfig) -> _State:
+  """Samples token `state.step` from `state.logits` and writes it for the rows not yet done."""
+  t = state.step
+  token, logp = sample_token(jax.random.fold_in(key, t), state.logits, sampling.temperature,
+                             sampling.top_k, sampling.top_p)
+  active = ~state.done
+  tokens = state.tokens.at[:, t].set(jnp.where(active, token, sampling.pad_id))
+  log_probs = state.log_probs.at[:, t].set(jnp.where(active, logp, 0.0))
+  history = state.history
+  stopped = jnp.zeros_like(active)
+  if sampling.eos_ids:
+    stopped |= jnp.isin(token, jnp.asarray(sampling.eos_ids, jnp.int32))
+  if sampling.stop_sequences:
+    history = jnp.concatenate([history[:, 1:], token[:, None]], axis=1)
+    stopped |= _stop_hit(history, sampling.stop_sequences)
+  return state._replace(tokens=tokens, log_probs=log_probs, done=state.done | (active & stopped),
+                        lengths=state.lengths + active.astype(jnp.int32), history=history,
+                        last=token)
+
+
+def _generate(params, config: ModelConfig, prompt_tokens, prompt_mask, key,
+              sampling: SamplingConfig, cache_dtype=None) -> SampleOutput:
+  b, p = prompt_tokens.shape
+  g, n = sampling.num_samples, sampling.max_new_tokens
+  r, s = b * g, p + n - 1
+  prompt_tokens = prompt_tokens.astype(jnp.int32)
+  prompt_mask = prompt_mask.astype(bool)
+
+  # Prefill the B distinct prompts once; only the last slot's logits are unembedded (the full
+  # [B,P,V] float32 logits would be gigabytes for a 150k vocabulary).
+  cache = model.init_cache(config, b, p, cache_dtype)
+  hidden, cache = model.forward(params, prompt_tokens, config,
+                                positions=model.positions_from_mask(prompt_mask),
+                                kv_mask=prompt_mask, cache=cache, cache_index=0,
+                                return_hidden=True)
+  logits = model.unembed(params, hidden[:, -1], config)  # [B,V]
+
+  def expand(x):  # [L,B,P,N,K] -> [L,R,S,N,K], row b*G+g is a copy of row b.
+    x = jnp.repeat(x, g, axis=1)
+    return jnp.pad(x, ((0, 0), (0, 0), (0, s - p), (0, 0), (0, 0)))
+
+  prompt_tokens = jnp.repeat(prompt_tokens, g, axis=0)
+  prompt_mask = jnp.repeat(prompt_mask, g, axis=0)
+  prompt_lengths = jnp.sum(prompt_mask, axis=-1, dtype=jnp.int32)  # [R]
+  state = _State(
+      step=jnp.int32(0),
+      logits=jnp.repeat(logits, g, axis=0),
+      cache={name: expand(c) for name, c in cache.items()},
+      kv_mask=jnp.pad(prompt_mask, ((0, 0), (0, s - p))),
+      tokens=jnp.full((r, n), sampling.pad_id, jnp.int32),
+      log_probs=jnp.zeros((r, n), jnp.float32),
+      done=jnp.zeros((r,), bool),
+      lengths=jnp.zeros((r,), jnp.int32),
+      history=jnp.full((r, max([len(q) for q in sampling.stop_sequences], default=1)), -1,
+                       jnp.int32),
+      last=jnp.zeros((r,), jnp.int32),
+  )
+  state = _sample_and_record(state, key, sampling)
+
+  def cond(state: _State):
+    return (state.step + 1 < n) & ~jnp.all(state.done)
+
+  def body(state: _State) -> _State:
+    # Feed token `step` (slot P+step) and sample token `step+1`. Rows already done still run
+    # (fixed shapes) on their last token; their outputs are discarded by _sample_and_record.
+    t = state.step
+    slot = p + t
+    kv_mask = jax.lax.dynamic_update_slice(state.kv_mask, jnp.ones((r, 1), bool), (0, slot))
+    logits, cache = model.forward(params, state.last[:, None], config,
+                                  positions=(prompt_lengths + t)[:, None], kv_mask=kv_mask,
+                                  cache=state.cache, cache_index=slot)
+    state = state._replace(step=t + 1, logits=logits[:, 0], cache=cache, kv_mask=kv_mask)
+    return _sample_and_record(state, key, sampling)
+
+  state = jax.lax.while_loop(cond, body, state)
+  mask = jnp.arange(n)[None, :] < state.lengths[:, None]
+  return SampleOutput(tokens=state.tokens, log_probs=state.log_probs, mask=mask,
+                      lengths=state.lengths, truncated=~state.done, prompt_tokens=prompt_tokens,
+                      prompt_mask=prompt_mask)
+
+
+
+_generate_jit = jax.jit(_generate, static_argnames=("config", "sampling", "cache_dtype"))
+
+
+def generate(params, config: ModelConfig, prompt_tokens, prompt_mask, key: jax.Array,
+             sampling: SamplingConfig, *, cache_dtype=None) -> SampleOutput:
+  """Samples `sampling.num_samples` completions of each left-padded prompt.
+
+  Jitted (config, sampling and cache_dtype static; one compilation per prompt length P) and
+  usable inside another jit. Deterministic given `key`: step t samples with fold_in(key, t).
+
+  Args:
+    params: model parameters (r1jax.model).
+    prompt_tokens: [B,P] int token ids, left-padded (see `left_pad`).
+    prompt_mask: [B,P] bool, True on real tokens; every row needs at least one.
+    key: PRNG key.
+    cache_dtype: dtype of the KV cache (default: the model's compute dtype).
+
+  Returns:
+    SampleOutput with B*G rows; row b*G+g is sample g of prompt b.
+  """
+  if not isinstance(config, ModelConfig):
+    raise TypeError(f"config must be a ModelConfig, got {type(config).__name__}")
+  if not isinstance(sampling, SamplingConfig):
+    raise TypeError(f"sampling must be a SamplingConfig, got {type(sampling).__name__}")
+  if len(jnp.shape(prompt_tokens)) != 2:
+    raise ValueError(f"prompt_tokens must be [B,P], got shape {jnp.shape(prompt_tokens)}")
+  if jnp.shape(prompt_mask) != jnp.shape(prompt_tokens):
+    raise ValueError(f"prompt_mask shape {jnp.shape(prompt_mask)} != prompt_tokens shape "
+                     f"{jnp.shape(prompt_tokens)}")
+  v = config.vocab_size
+  if sampling.pad_id >= v:
+    raise ValueError(f"pad_id={sampling.pad_id} is not a token id of vocab_size={v}")
+  for name, ids in (("eos_ids", sampling.eos_ids),
+                    ("stop_sequences", [i for q in sampling.stop_sequences for i in q])):
+    if any(i >= v for i in ids):
+      raise ValueError(f"{name} holds ids >= vocab_size={v}: {ids}")
+  p = jnp.shape(prompt_tokens)[1]
+  if p + sampling.max_new_tokens > config.max_position_embeddings:
+    raise ValueError(f"prompt length {p} + max_new_tokens={sampling.max_new_tokens} exceeds "
+                     f"max_position_embeddings={config.max_position_embeddings}")
+  if isinstance(cache_dtype, str):
+    cache_dtype = dtype_from_name(cache_dtype)
+  return _generate_jit(params, config, prompt_tokens, prompt_mask, key, sampling,
+                       cache_dtype=cache_dtype)
