@@ -362,8 +362,12 @@ def _score_in_pool(items, fns, timeout_s: float, workers: int):
     return results
 
 
-def _components(reward_kind: str, config: RewardConfig):
-  """[(name, fn, weight)] of the configured reward components."""
+def _components(reward_kind: Optional[str], config: RewardConfig):
+  """[(name, fn, weight)] of the configured reward components; reward_kind None leaves out
+  accuracy (code tasks score it in the sandbox)."""
+  if reward_kind is None:
+    extra = [(name, REWARD_FNS[name], w) for name, w in config.extra if name in REWARD_FNS]
+    return [("format", format_component, config.format_weight)] + extra
   # A kind without a built-in verifier (e.g. "code") is scored by the REWARD_FNS entry of the
   # same name, once registered.
   if reward_kind not in ACCURACY_FNS and reward_kind not in REWARD_FNS:
@@ -380,6 +384,23 @@ def _components(reward_kind: str, config: RewardConfig):
                        f"{sorted(REWARD_FNS)}")
     out.append((name, REWARD_FNS[name], weight))
   return out
+
+
+def _score_code(completions, problems, config: RewardConfig, prefix: str):
+  """Code tasks: accuracy is the share of tests the answer's program passes, run in the sandbox
+  (r1jax.sandbox: isolated interpreters, a thread pool sized to the machine); the format and
+  extra components go through the usual path."""
+  from r1jax import sandbox  # pylint: disable=import-outside-toplevel
+  start = time.monotonic()
+  accuracy, code_stats = sandbox.score_code_batch(
+      [prefix + c for c in completions], list(problems), timeout_s=config.timeout_s)
+  rewards, components, stats = _score(completions, problems, None, config, prefix)
+  components["accuracy"] = np.asarray(accuracy, np.float32)
+  rewards = rewards + config.accuracy_weight * components["accuracy"]
+  stats = dict(stats, reward_time_s=time.monotonic() - start,
+               code_timeouts=code_stats["timeouts"], code_errors=code_stats["errors"],
+               code_time_s=code_stats["time_s"])
+  return rewards.astype(np.float32), components, stats
 
 
 def score_completions(completions: list[str], problems: list[Problem], reward_kind: str,
@@ -401,6 +422,12 @@ def score_completions(completions: list[str], problems: list[Problem], reward_ki
   """
   if len(completions) != len(problems):
     raise ValueError(f"len(completions)={len(completions)} != len(problems)={len(problems)}")
+  if reward_kind == "code":
+    return _score_code(completions, problems, config, prefix)
+  return _score(completions, problems, reward_kind, config, prefix)
+
+
+def _score(completions, problems, reward_kind, config, prefix):
   components = _components(reward_kind, config)
   fns = [fn for _, fn, _ in components]
   start = time.monotonic()

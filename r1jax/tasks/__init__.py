@@ -36,6 +36,11 @@ def _competition(name, subdir):
   return make
 
 
+def _code_expression(**kw):
+  from r1jax.tasks.code import CodeExpressionTask  # pylint: disable=import-outside-toplevel
+  return CodeExpressionTask(**kw)
+
+
 # tensorflow_datasets is imported only when a benchmark task is asked for.
 TASKS = {
     "countdown": CountdownTask,
@@ -44,10 +49,11 @@ TASKS = {
     "math500": _math500,
     "aime24": _competition("aime24", "aime24"),
     "amc23": _competition("amc23", "amc23"),
+    "code_expression": _code_expression,
 }
 
 
-_PROCEDURAL = ("countdown", "arithmetic")
+_PROCEDURAL = ("countdown", "arithmetic", "code_expression")
 
 
 def get_task(name: str, **kwargs) -> Task:

@@ -6,7 +6,7 @@ import dataclasses
 import hashlib
 from typing import Any, Protocol, Sequence, runtime_checkable
 
-REWARD_KINDS = ("countdown", "numeric", "math")
+REWARD_KINDS = ("countdown", "numeric", "math", "code")
 
 
 @dataclasses.dataclass(frozen=True)

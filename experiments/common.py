@@ -1,0 +1,152 @@
+"""Flags shared by the experiment scripts, and their translation into r1jax's frozen configs.
+
+Only experiments/*.py read absl flags; the library takes the dataclasses built here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from absl import flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# pylint: disable=wrong-import-position
+import jax  # noqa: E402
+
+from r1jax import grpo, hf, model  # noqa: E402
+from r1jax.config import get_config  # noqa: E402
+from r1jax.tokenizer import load_tokenizer  # noqa: E402
+
+FLAGS = flags.FLAGS
+
+# -- policy -------------------------------------------------------------------------------------
+flags.DEFINE_string("model_preset", "tiny", "r1jax.config preset for a randomly initialized policy "
+                    "(ignored when --init_checkpoint is given).")
+flags.DEFINE_string("init_checkpoint", "", "Hugging Face-format directory (config.json + "
+                    "safetensors) with the base policy.")
+flags.DEFINE_string("tokenizer", "", "'char', or a directory/tokenizer.json. Default: the "
+                    "checkpoint's tokenizer.json if it has one, else 'char'.")
+flags.DEFINE_string("dtype", "float32", "Compute dtype: float32 | bfloat16.")
+flags.DEFINE_string("param_dtype", "float32", "Parameter storage dtype: float32 | bfloat16.")
+# -- task and rewards ---------------------------------------------------------------------------
+flags.DEFINE_string("task", "countdown", "countdown | arithmetic | gsm8k | math500 | ...")
+flags.DEFINE_string("data_dir", "", "Directory with the task's JSONL files (gsm8k, math500, ...).")
+flags.DEFINE_list("task_options", [], "Task keyword arguments as key=value (ints/floats parsed).")
+flags.DEFINE_string("template", "compact", "Prompt template: r1_zero | plain | compact.")
+flags.DEFINE_integer("num_train_problems", 0, "Cap on training problems (0: the whole split).")
+flags.DEFINE_float("format_weight", 1.0, "Weight of the format reward.")
+flags.DEFINE_float("accuracy_weight", 1.0, "Weight of the accuracy reward.")
+flags.DEFINE_float("reward_timeout_s", 5.0, "Per-completion reward time limit; over it scores 0.")
+# -- GRPO loss (TRL GRPOConfig names) --------------------------------------------------------------
+flags.DEFINE_float("beta", 0.04, "KL coefficient (Eq. 1); 0 computes no reference pass.")
+flags.DEFINE_float("epsilon", 0.2, "Clip range of the ratio (lower).")
+flags.DEFINE_float("epsilon_high", None, "Upper clip range (DAPO clip-higher); default epsilon.")
+flags.DEFINE_enum("loss_type", "grpo", ["grpo", "bnpo", "dapo", "dr_grpo"], "Loss aggregation.")
+flags.DEFINE_enum("scale_rewards", "group", ["group", "batch", "none"], "Advantage std scaling.")
+flags.DEFINE_enum("importance_sampling_level", "token", ["token", "sequence"], "GSPO: sequence.")
+flags.DEFINE_bool("mask_truncated_completions", False, "Exclude truncated completions.")
+# -- rollouts and optimization ----------------------------------------------------------------------
+flags.DEFINE_integer("prompts_per_step", 8, "Prompts per GRPO step (B).")
+flags.DEFINE_integer("num_generations", 8, "Completions per prompt (G).")
+flags.DEFINE_integer("num_iterations", 1, "μ: optimization passes per generation batch.")
+flags.DEFINE_integer("num_minibatches", 1, "Optimizer steps per pass over the generation batch.")
+flags.DEFINE_integer("max_prompt_length", 128, "Prompt tokens (left-padded to this).")
+flags.DEFINE_integer("max_completion_length", 128, "Generated tokens per completion.")
+flags.DEFINE_float("temperature", 1.0, "Sampling temperature (also used in the log-probs).")
+flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass.")
+flags.DEFINE_integer("top_k", 0, "Top-k sampling (0: off).")
+flags.DEFINE_list("stop_strings", [], "Strings that end a completion (e.g. </answer>).")
+flags.DEFINE_float("learning_rate", 1e-6, "AdamW learning rate.")
+flags.DEFINE_enum("lr_scheduler_type", "constant", ["constant", "linear", "cosine"], "Schedule.")
+flags.DEFINE_integer("warmup_steps", 0, "Linear warm-up optimizer steps.")
+flags.DEFINE_float("weight_decay", 0.0, "AdamW weight decay.")
+flags.DEFINE_float("adam_beta1", 0.9, "AdamW beta1.")
+flags.DEFINE_float("adam_beta2", 0.99, "AdamW beta2.")
+flags.DEFINE_float("max_grad_norm", 1.0, "Global-norm gradient clipping.")
+flags.DEFINE_integer("max_steps", 100, "GRPO steps.")
+flags.DEFINE_bool("sync_ref_model", False, "Algorithm 1: reset π_ref ← π_θ periodically.")
+flags.DEFINE_integer("ref_model_sync_steps", 64, "Steps per reference reset.")
+flags.DEFINE_float("ref_model_mixup_alpha", 1.0, "π_ref ← α π_θ + (1−α) π_ref (1: reset).")
+flags.DEFINE_bool("dynamic_sampling", False, "DAPO: replace groups of equal rewards.")
+flags.DEFINE_integer("max_resample_rounds", 4, "Dynamic sampling: extra rounds at most.")
+flags.DEFINE_enum("remat", "none", sorted(model.REMAT_POLICIES), "Rematerialization policy.")
+flags.DEFINE_integer("logprob_chunk_size", None, "Unembed in chunks of this many positions.")
+flags.DEFINE_integer("seed", 0, "Seed of everything: init, data order, sampling.")
+# -- run ----------------------------------------------------------------------------------------
+flags.DEFINE_string("workdir", "", "Where the run writes; rerunning with it resumes.")
+flags.DEFINE_integer("save_steps", 50, "Checkpoint every this many steps.")
+flags.DEFINE_integer("save_total_limit", 3, "Checkpoints kept.")
+flags.DEFINE_integer("eval_steps", 0, "Evaluate every this many steps (0: start and end only).")
+flags.DEFINE_integer("eval_num_problems", 64, "Held-out problems per evaluation.")
+flags.DEFINE_integer("eval_num_samples", 4, "Samples per problem (pass@1 averaged over k).")
+flags.DEFINE_float("eval_temperature", 0.6, "Evaluation temperature (paper: 0.6).")
+flags.DEFINE_float("eval_top_p", 0.95, "Evaluation top-p (paper: 0.95).")
+flags.DEFINE_integer("eval_batch_size", 16, "Problems per evaluation sampler call.")
+flags.DEFINE_bool("plot", True, "Write PNG plots of the curves.")
+
+
+def setup_logging():
+  """r1jax's per-step lines at INFO; the libraries (orbax, jax) at WARNING."""
+  from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel
+  absl_logging.set_verbosity(absl_logging.WARNING)
+  logging.getLogger("r1jax").setLevel(logging.INFO)
+
+
+def parse_task_options(items) -> dict:
+  """['digits=3', 'name=x'] -> {'digits': 3, 'name': 'x'}; raises naming --task_options."""
+  out = {}
+  for item in items:
+    if "=" not in item:
+      raise ValueError(f"--task_options entry {item!r} is not key=value")
+    k, v = item.split("=", 1)
+    for cast in (int, float):
+      try:
+        v = cast(v)
+        break
+      except ValueError:
+        continue
+    out[k.strip()] = v
+  return out
+
+
+def load_policy():
+  """(model_config, params, tokenizer) from --init_checkpoint or --model_preset."""
+  if FLAGS.init_checkpoint:
+    if not os.path.isdir(FLAGS.init_checkpoint):
+      raise FileNotFoundError(f"--init_checkpoint={FLAGS.init_checkpoint!r} is not a directory")
+    config, params = hf.load_hf_checkpoint(FLAGS.init_checkpoint)
+    config = config.replace(dtype=FLAGS.dtype, param_dtype=FLAGS.param_dtype)
+    params = jax.tree.map(lambda p: p.astype(config.storage_dtype), params)
+    has_tok = os.path.exists(os.path.join(FLAGS.init_checkpoint, "tokenizer.json"))
+    tok_spec = FLAGS.tokenizer or (FLAGS.init_checkpoint if has_tok else "char")
+  else:
+    config = get_config(FLAGS.model_preset, dtype=FLAGS.dtype, param_dtype=FLAGS.param_dtype)
+    params = model.init_params(config, jax.random.PRNGKey(FLAGS.seed))
+    tok_spec = FLAGS.tokenizer or "char"
+  tokenizer = load_tokenizer(tok_spec)
+  if tokenizer.vocab_size > config.vocab_size:
+    raise ValueError(f"tokenizer {tok_spec!r} has {tokenizer.vocab_size} ids but the model's "
+                     f"vocabulary has {config.vocab_size} (--model_preset/--init_checkpoint)")
+  return config, params, tokenizer
+
+
+def grpo_config() -> grpo.GRPOConfig:
+  return grpo.GRPOConfig(
+      beta=FLAGS.beta, epsilon=FLAGS.epsilon, epsilon_high=FLAGS.epsilon_high,
+      loss_type=FLAGS.loss_type, scale_rewards=FLAGS.scale_rewards,
+      importance_sampling_level=FLAGS.importance_sampling_level,
+      max_completion_length=FLAGS.max_completion_length,
+      mask_truncated_completions=FLAGS.mask_truncated_completions,
+      num_generations=FLAGS.num_generations)
+
+
+def flag_values() -> dict:
+  """All flags of this program's modules, for saving with checkpoints."""
+  out = {}
+  for module_flags in FLAGS.flags_by_module_dict().values():
+    for f in module_flags:
+      out[f.name] = f.value
+  return out

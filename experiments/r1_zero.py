@@ -1,0 +1,95 @@
+r"""R1-Zero: GRPO with rule-based rewards straight from a base model (DeepSeek-R1 §2.2).
+
+  python experiments/r1_zero.py --flagfile=experiments/configs/countdown_tiny.flags
+
+Every hyperparameter is a flag (see experiments/common.py; names follow TRL's GRPOConfig).
+Writes metrics.jsonl, TensorBoard events, orbax checkpoints, samples and PNG plots into
+--workdir; running again with the same --workdir resumes.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+from absl import app, flags
+
+import common  # noqa: F401  (defines the shared flags; adds the repo to sys.path)
+
+# pylint: disable=wrong-import-position
+import jax  # noqa: E402
+
+from r1jax import eval as r1eval  # noqa: E402
+from r1jax import rewards, runner, tasks, trainer  # noqa: E402
+
+FLAGS = flags.FLAGS
+
+
+def build_task():
+  """(task, train problems, held-out problems, prompt formatter)."""
+  task = tasks.get_task(FLAGS.task, data_dir=FLAGS.data_dir or None,
+                        **common.parse_task_options(FLAGS.task_options))
+  train = task.split("train", FLAGS.seed)
+  test = task.split("test", FLAGS.seed)
+  if FLAGS.num_train_problems:
+    train = train[:FLAGS.num_train_problems]
+  test = test[:FLAGS.eval_num_problems]
+  fmt = functools.partial(tasks.format_problem, template=FLAGS.template)
+  return task, train, test, fmt
+
+
+def build_reward_fn(task):
+  cfg = rewards.RewardConfig(format_weight=FLAGS.format_weight,
+                             accuracy_weight=FLAGS.accuracy_weight,
+                             timeout_s=FLAGS.reward_timeout_s)
+  prefix = tasks.completion_prefix(FLAGS.template)
+  return functools.partial(rewards.score_completions, reward_kind=task.reward_kind, config=cfg,
+                           prefix=prefix)
+
+
+def main(argv):
+  del argv
+  if not FLAGS.workdir:
+    raise app.UsageError("--workdir is required")
+  common.setup_logging()
+  model_config, params, tokenizer = common.load_policy()
+  task, train, test, fmt = build_task()
+  reward_fn = build_reward_fn(task)
+  cfg = trainer.TrainConfig(
+      prompts_per_step=FLAGS.prompts_per_step, num_generations=FLAGS.num_generations,
+      max_prompt_length=FLAGS.max_prompt_length,
+      max_completion_length=FLAGS.max_completion_length, temperature=FLAGS.temperature,
+      top_p=FLAGS.top_p, top_k=FLAGS.top_k, stop_strings=tuple(FLAGS.stop_strings),
+      learning_rate=FLAGS.learning_rate, lr_scheduler_type=FLAGS.lr_scheduler_type,
+      warmup_steps=FLAGS.warmup_steps, weight_decay=FLAGS.weight_decay,
+      adam_beta1=FLAGS.adam_beta1, adam_beta2=FLAGS.adam_beta2,
+      max_grad_norm=FLAGS.max_grad_norm, max_steps=FLAGS.max_steps,
+      num_iterations=FLAGS.num_iterations, num_minibatches=FLAGS.num_minibatches,
+      sync_ref_model=FLAGS.sync_ref_model, ref_model_sync_steps=FLAGS.ref_model_sync_steps,
+      ref_model_mixup_alpha=FLAGS.ref_model_mixup_alpha,
+      dynamic_sampling=FLAGS.dynamic_sampling, max_resample_rounds=FLAGS.max_resample_rounds,
+      remat=FLAGS.remat, logprob_chunk_size=FLAGS.logprob_chunk_size, seed=FLAGS.seed)
+  add_bos = tokenizer.bos_id is not None
+  grpo_trainer = trainer.GRPOTrainer(model_config, cfg, common.grpo_config(), tokenizer, train,
+                                     fmt, reward_fn, add_bos=add_bos)
+
+  def eval_fn(params, step):
+    return r1eval.evaluate_policy(
+        params, model_config, tokenizer, test, format_prompt=fmt, score_fn=reward_fn,
+        extract_fn=rewards.extract_answer, num_samples=FLAGS.eval_num_samples,
+        key=jax.random.fold_in(jax.random.PRNGKey(FLAGS.seed + 1), step),
+        temperature=FLAGS.eval_temperature, top_p=FLAGS.eval_top_p,
+        max_prompt_length=FLAGS.max_prompt_length,
+        max_new_tokens=FLAGS.max_completion_length, batch_size=FLAGS.eval_batch_size,
+        stop_sequences=grpo_trainer.sampling_config.stop_sequences, add_bos=add_bos,
+        ks=(1, FLAGS.eval_num_samples))
+
+  run = runner.RunConfig(workdir=FLAGS.workdir, save_steps=FLAGS.save_steps,
+                         save_total_limit=FLAGS.save_total_limit, eval_steps=FLAGS.eval_steps,
+                         plot=FLAGS.plot)
+  os.makedirs(FLAGS.workdir, exist_ok=True)
+  runner.run_grpo(grpo_trainer, params, run, eval_fn=eval_fn, meta=common.flag_values())
+
+
+if __name__ == "__main__":
+  app.run(main)
