@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=wrong-import-position
 import jax  # noqa: E402
 
-from r1jax import grpo, hf, model  # noqa: E402
+from r1jax import grpo, hf, model, sharding  # noqa: E402
 from r1jax.config import get_config  # noqa: E402
 from r1jax.tokenizer import load_tokenizer  # noqa: E402
 
@@ -75,6 +75,16 @@ flags.DEFINE_integer("max_resample_rounds", 4, "Dynamic sampling: extra rounds a
 flags.DEFINE_enum("remat", "none", sorted(model.REMAT_POLICIES), "Rematerialization policy.")
 flags.DEFINE_integer("logprob_chunk_size", None, "Unembed in chunks of this many positions.")
 flags.DEFINE_integer("seed", 0, "Seed of everything: init, data order, sampling.")
+# -- devices and memory ---------------------------------------------------------------------------
+flags.DEFINE_integer("mesh_data", -1, "Data-parallel mesh axis size (-1: the rest of the devices).")
+flags.DEFINE_integer("mesh_fsdp", 1, "FSDP mesh axis size (params and optimizer state sharded).")
+flags.DEFINE_integer("mesh_tensor", 1, "Tensor-parallel mesh axis size.")
+flags.DEFINE_string("coordinator_address", "", "host:port of process 0 (multi-host runs).")
+flags.DEFINE_integer("num_processes", 1, "Processes (hosts) in a multi-host run.")
+flags.DEFINE_integer("process_id", 0, "This process's index in a multi-host run.")
+flags.DEFINE_integer("gradient_accumulation_steps", 1, "Micro-batches per optimizer step.")
+flags.DEFINE_integer("logprob_batch_size", None, "Rows per chunk of the π_old/π_ref passes.")
+flags.DEFINE_string("adam_mu_dtype", None, "dtype of Adam's first moment (e.g. bfloat16).")
 # -- run ----------------------------------------------------------------------------------------
 flags.DEFINE_string("workdir", "", "Where the run writes; rerunning with it resumes.")
 flags.DEFINE_integer("save_steps", 50, "Checkpoint every this many steps.")
@@ -131,6 +141,17 @@ def load_policy():
     raise ValueError(f"tokenizer {tok_spec!r} has {tokenizer.vocab_size} ids but the model's "
                      f"vocabulary has {config.vocab_size} (--model_preset/--init_checkpoint)")
   return config, params, tokenizer
+
+
+def make_mesh():
+  """Starts the multi-host runtime if asked, and returns the device mesh (None on one device:
+  plain jit, no sharding)."""
+  sharding.initialize_distributed(FLAGS.coordinator_address or None, FLAGS.num_processes,
+                                  FLAGS.process_id)
+  if jax.device_count() == 1:
+    return None
+  return sharding.make_mesh(sharding.MeshConfig(data=FLAGS.mesh_data, fsdp=FLAGS.mesh_fsdp,
+                                                tensor=FLAGS.mesh_tensor))
 
 
 def grpo_config() -> grpo.GRPOConfig:

@@ -52,6 +52,7 @@ def main(argv):
   if not FLAGS.workdir:
     raise app.UsageError("--workdir is required")
   common.setup_logging()
+  mesh = common.make_mesh()  # first: jax.distributed must start before any other JAX call
   model_config, params, tokenizer = common.load_policy()
   task, train, test, fmt = build_task()
   reward_fn = build_reward_fn(task)
@@ -68,10 +69,12 @@ def main(argv):
       sync_ref_model=FLAGS.sync_ref_model, ref_model_sync_steps=FLAGS.ref_model_sync_steps,
       ref_model_mixup_alpha=FLAGS.ref_model_mixup_alpha,
       dynamic_sampling=FLAGS.dynamic_sampling, max_resample_rounds=FLAGS.max_resample_rounds,
-      remat=FLAGS.remat, logprob_chunk_size=FLAGS.logprob_chunk_size, seed=FLAGS.seed)
+      remat=FLAGS.remat, logprob_chunk_size=FLAGS.logprob_chunk_size, seed=FLAGS.seed,
+      gradient_accumulation_steps=FLAGS.gradient_accumulation_steps,
+      logprob_batch_size=FLAGS.logprob_batch_size, adam_mu_dtype=FLAGS.adam_mu_dtype)
   add_bos = tokenizer.bos_id is not None
   grpo_trainer = trainer.GRPOTrainer(model_config, cfg, common.grpo_config(), tokenizer, train,
-                                     fmt, reward_fn, add_bos=add_bos)
+                                     fmt, reward_fn, add_bos=add_bos, mesh=mesh)
 
   def eval_fn(params, step):
     return r1eval.evaluate_policy(

@@ -84,7 +84,8 @@ def evaluate_policy(params, model_config: ModelConfig, tokenizer, problems: Sequ
 
   Problems go through the sampler `batch_size` at a time with fixed shapes (the last batch is
   padded by repeating a problem and the padding is discarded), so there is one compilation.
-  Returns (report dict, records: one dict per problem with its completions and correctness).
+  Returns (report dict, records: one dict per problem with its prompt, completions, extracted
+  answers and per-sample correct / format / truncated / lengths lists).
   """
   from r1jax.trainer import decode_completions, encode_prompts  # pylint: disable=import-outside-toplevel
   cfg = sampling.SamplingConfig(
@@ -102,8 +103,8 @@ def evaluate_policy(params, model_config: ModelConfig, tokenizer, problems: Sequ
     chunk = problems[start:start + batch_size]
     real = len(chunk)
     chunk = chunk + [chunk[-1]] * (batch_size - real)
-    ptoks, pmask = encode_prompts(tokenizer, [format_prompt(p) for p in chunk],
-                                  max_prompt_length, add_bos)
+    prompts = [format_prompt(p) for p in chunk]
+    ptoks, pmask = encode_prompts(tokenizer, prompts, max_prompt_length, add_bos)
     key, sub = jax.random.split(key)
     out = jax.device_get(sampling.generate(params, model_config, ptoks, pmask, sub, cfg))
     n = real * num_samples
@@ -111,6 +112,8 @@ def evaluate_policy(params, model_config: ModelConfig, tokenizer, problems: Sequ
     rows = [p for p in chunk[:real] for _ in range(num_samples)]
     _, components, _ = score_fn(texts, rows)
     ok = np.asarray(components["accuracy"]) > 0.5
+    formatted = np.asarray(components.get("format", np.zeros(n))) > 0.5
+    truncated = np.asarray(out.truncated[:n], bool)
     lengths.extend(np.asarray(out.lengths[:n]).tolist())
     for i in range(real):
       sl = slice(i * num_samples, (i + 1) * num_samples)
@@ -118,8 +121,13 @@ def evaluate_policy(params, model_config: ModelConfig, tokenizer, problems: Sequ
       correct.append(ok[sl])
       answers.append(ans)
       records.append({"question": getattr(chunk[i], "question", str(chunk[i])),
-                      "gold": getattr(chunk[i], "answer", None), "completions": texts[sl],
-                      "answers": ans, "correct": ok[sl].tolist()})
+                      "gold": getattr(chunk[i], "answer", None), "prompt": prompts[i],
+                      "completions": texts[sl], "answers": ans, "correct": ok[sl].tolist(),
+                      "format": formatted[sl].tolist(), "truncated": truncated[sl].tolist(),
+                      "lengths": np.asarray(out.lengths[sl]).tolist()})
   report = summarize(np.array(correct).reshape(len(problems), num_samples), answers, ks)
   report["completion_length_mean"] = float(np.mean(lengths)) if lengths else 0.0
+  for name, field in (("format_rate", "format"), ("truncated_fraction", "truncated")):
+    flat = [x for r in records for x in r[field]]
+    report[name] = float(np.mean(flat)) if flat else 0.0
   return report, records

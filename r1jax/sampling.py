@@ -240,7 +240,7 @@ def _sample_and_record(state: _State, key: jax.Array, sampling: SamplingConfig) 
 
 
 def _generate(params, config: ModelConfig, prompt_tokens, prompt_mask, key,
-              sampling: SamplingConfig, cache_dtype=None) -> SampleOutput:
+              sampling: SamplingConfig, cache_dtype=None, cache_sharding=None) -> SampleOutput:
   b, p = prompt_tokens.shape
   g, n = sampling.num_samples, sampling.max_new_tokens
   r, s = b * g, p + n - 1
@@ -256,6 +256,11 @@ def _generate(params, config: ModelConfig, prompt_tokens, prompt_mask, key,
                                 return_hidden=True)
   logits = model.unembed(params, hidden[:, -1], config)  # [B,V]
 
+  def constrain(cache):  # XLA would otherwise replicate the cache over the data devices.
+    if cache_sharding is None:
+      return cache
+    return {name: jax.lax.with_sharding_constraint(c, cache_sharding) for name, c in cache.items()}
+
   def expand(x):  # [L,B,P,N,K] -> [L,R,S,N,K], row b*G+g is a copy of row b.
     x = jnp.repeat(x, g, axis=1)
     return jnp.pad(x, ((0, 0), (0, 0), (0, s - p), (0, 0), (0, 0)))
@@ -266,7 +271,7 @@ def _generate(params, config: ModelConfig, prompt_tokens, prompt_mask, key,
   state = _State(
       step=jnp.int32(0),
       logits=jnp.repeat(logits, g, axis=0),
-      cache={name: expand(c) for name, c in cache.items()},
+      cache=constrain({name: expand(c) for name, c in cache.items()}),
       kv_mask=jnp.pad(prompt_mask, ((0, 0), (0, s - p))),
       tokens=jnp.full((r, n), sampling.pad_id, jnp.int32),
       log_probs=jnp.zeros((r, n), jnp.float32),
@@ -290,7 +295,8 @@ def _generate(params, config: ModelConfig, prompt_tokens, prompt_mask, key,
     logits, cache = model.forward(params, state.last[:, None], config,
                                   positions=(prompt_lengths + t)[:, None], kv_mask=kv_mask,
                                   cache=state.cache, cache_index=slot)
-    state = state._replace(step=t + 1, logits=logits[:, 0], cache=cache, kv_mask=kv_mask)
+    state = state._replace(step=t + 1, logits=logits[:, 0], cache=constrain(cache),
+                           kv_mask=kv_mask)
     return _sample_and_record(state, key, sampling)
 
   state = jax.lax.while_loop(cond, body, state)
@@ -301,11 +307,13 @@ def _generate(params, config: ModelConfig, prompt_tokens, prompt_mask, key,
 
 
 
-_generate_jit = jax.jit(_generate, static_argnames=("config", "sampling", "cache_dtype"))
+_generate_jit = jax.jit(_generate,
+                        static_argnames=("config", "sampling", "cache_dtype", "cache_sharding"))
 
 
 def generate(params, config: ModelConfig, prompt_tokens, prompt_mask, key: jax.Array,
-             sampling: SamplingConfig, *, cache_dtype=None) -> SampleOutput:
+             sampling: SamplingConfig, *, cache_dtype=None,
+             cache_sharding=None) -> SampleOutput:
   """Samples `sampling.num_samples` completions of each left-padded prompt.
 
   Jitted (config, sampling and cache_dtype static; one compilation per prompt length P) and
@@ -317,6 +325,8 @@ def generate(params, config: ModelConfig, prompt_tokens, prompt_mask, key: jax.A
     prompt_mask: [B,P] bool, True on real tokens; every row needs at least one.
     key: PRNG key.
     cache_dtype: dtype of the KV cache (default: the model's compute dtype).
+    cache_sharding: optional Sharding of the cache's k and v [L,R,S,N,K]
+      (r1jax.sharding.cache_sharding), kept through the decode loop.
 
   Returns:
     SampleOutput with B*G rows; row b*G+g is sample g of prompt b.
@@ -344,4 +354,4 @@ def generate(params, config: ModelConfig, prompt_tokens, prompt_mask, key: jax.A
   if isinstance(cache_dtype, str):
     cache_dtype = dtype_from_name(cache_dtype)
   return _generate_jit(params, config, prompt_tokens, prompt_mask, key, sampling,
-                       cache_dtype=cache_dtype)
+                       cache_dtype=cache_dtype, cache_sharding=cache_sharding)

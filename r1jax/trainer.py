@@ -28,8 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from r1jax import grpo, model, sampling
-from r1jax.config import ModelConfig
+from r1jax import accumulate, grpo, model, sampling, sharding
+from r1jax.config import ModelConfig, dtype_from_name
 from r1jax.data import ProblemStream
 
 State = dict[str, Any]
@@ -76,6 +76,13 @@ class TrainConfig:
   # Memory levers.
   remat: str = "none"
   logprob_chunk_size: Optional[int] = None
+  # Micro-batches per optimizer step (one jitted step, gradients summed; exact for every
+  # loss_type, see r1jax.accumulate).
+  gradient_accumulation_steps: int = 1
+  # Rows per chunk of the π_old / π_ref log-prob passes (None: all rows at once).
+  logprob_batch_size: Optional[int] = None
+  # dtype of Adam's first moment (e.g. "bfloat16" halves it); None: the params' dtype.
+  adam_mu_dtype: Optional[str] = None
   seed: int = 0
 
   def validate(self):
@@ -104,6 +111,15 @@ class TrainConfig:
                        "linear or cosine")
     if not 0 < self.ref_model_mixup_alpha <= 1:
       raise ValueError("--ref_model_mixup_alpha must be in (0, 1]")
+    rows = self.prompts_per_step * self.num_generations
+    if self.gradient_accumulation_steps < 1 or (
+        (rows // self.num_minibatches) % self.gradient_accumulation_steps):
+      raise ValueError(f"--gradient_accumulation_steps={self.gradient_accumulation_steps} must "
+                       f"divide the {rows // self.num_minibatches} rows of a minibatch")
+    if self.logprob_batch_size is not None and (
+        self.logprob_batch_size < 1 or rows % self.logprob_batch_size):
+      raise ValueError(f"--logprob_batch_size={self.logprob_batch_size} must divide "
+                       f"prompts_per_step * num_generations = {rows}")
     if self.remat not in model.REMAT_POLICIES:
       raise ValueError(f"--remat={self.remat!r}; expected one of {sorted(model.REMAT_POLICIES)}")
 
@@ -126,7 +142,8 @@ def make_optimizer(cfg: TrainConfig) -> tuple[optax.GradientTransformation, opta
   tx = optax.chain(
       optax.clip_by_global_norm(cfg.max_grad_norm),
       optax.adamw(schedule, b1=cfg.adam_beta1, b2=cfg.adam_beta2, eps=cfg.adam_epsilon,
-                  weight_decay=cfg.weight_decay))
+                  weight_decay=cfg.weight_decay,
+                  mu_dtype=dtype_from_name(cfg.adam_mu_dtype) if cfg.adam_mu_dtype else None))
   return tx, schedule
 
 
@@ -186,26 +203,8 @@ def make_update_step(model_config: ModelConfig, cfg: TrainConfig, loss_cfg: grpo
   the ratio is 1 with the gradient of π_θ), ref_logp [b,N] (absent when beta = 0).
   """
 
-  def loss_fn(params, batch):
-    logp, entropy = completion_log_probs(
-        params, batch["prompt_tokens"], batch["prompt_mask"], batch["completion_tokens"],
-        batch["completion_mask"], model_config, temperature=cfg.temperature, remat=cfg.remat,
-        chunk_size=cfg.logprob_chunk_size)
-    old_logp = batch.get("old_logp")
-    if old_logp is None:
-      old_logp = jax.lax.stop_gradient(logp)
-    loss, metrics = grpo.grpo_loss(logp, old_logp, batch.get("ref_logp"), batch["advantages"],
-                                   batch["completion_mask"], batch["truncated"], loss_cfg,
-                                   entropy=jax.lax.stop_gradient(entropy))
-    return loss, metrics
-
-  def step(params, opt_state, batch):
-    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    params = optax.apply_updates(params, updates)
-    metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
-    return params, opt_state, metrics
-
+  step = accumulate.make_update_step(model_config, cfg, loss_cfg, optimizer,
+                                     cfg.gradient_accumulation_steps)
   return jax.jit(step, donate_argnums=(0, 1))
 
 
@@ -250,7 +249,8 @@ class GRPOTrainer:
 
   def __init__(self, model_config: ModelConfig, cfg: TrainConfig, loss_cfg: grpo.GRPOConfig,
                tokenizer, train_problems: Sequence[Any], format_prompt: Callable[[Any], str],
-               reward_fn: RewardFn, *, add_bos: bool = True):
+               reward_fn: RewardFn, *, add_bos: bool = True, mesh=None,
+               mesh_rules: sharding.Rules = sharding.DEFAULT_RULES):
     cfg.validate()
     if loss_cfg.num_generations != cfg.num_generations:
       raise ValueError("GRPOConfig.num_generations and TrainConfig.num_generations differ")
@@ -263,17 +263,34 @@ class GRPOTrainer:
     self.reward_fn = reward_fn
     self.add_bos = add_bos
     self.optimizer, self.schedule = make_optimizer(cfg)
-    self.update_step = make_update_step(model_config, cfg, loss_cfg, self.optimizer,
-                                        self.schedule)
-    self.logprob_fn = make_logprob_fn(model_config, cfg)
     eos = tuple(tokenizer.eos_ids)
     self.sampling_config = sampling.SamplingConfig(
         max_new_tokens=cfg.max_completion_length, temperature=cfg.temperature,
         top_k=cfg.top_k, top_p=cfg.top_p, num_samples=cfg.num_generations, eos_ids=eos,
         stop_sequences=stop_sequences(tokenizer, cfg.stop_strings), pad_id=tokenizer.pad_id)
+    self.update_step = make_update_step(model_config, cfg, loss_cfg, self.optimizer,
+                                        self.schedule)
+    self.logprob_fn = jax.jit(accumulate.chunked_logprob_fn(make_logprob_fn(model_config, cfg),
+                                                            cfg.logprob_batch_size))
+    self.generate = lambda params, tokens, mask, key: sampling.generate(  # noqa: E731
+        params, model_config, tokens, mask, key, self.sampling_config)
+    # On a mesh (r1jax.sharding): the same functions jitted with the state's shardings.
+    self.mesh, self.state_shardings = mesh, None
+    if mesh is not None:
+      self.state_shardings = sharding.train_state_shardings(model_config, self.init_state, mesh,
+                                                            mesh_rules)
+      psh, osh = self.state_shardings["params"], self.state_shardings["opt_state"]
+      self.update_step = sharding.shard_update_step(self.update_step, psh, osh, mesh,
+                                                    mesh_rules)
+      self.logprob_fn = sharding.shard_logprob_fn(self.logprob_fn, psh, mesh, mesh_rules)
+      self.generate = sharding.shard_generate(model_config, self.sampling_config, psh, mesh,
+                                              mesh_rules)
 
   def init_state(self, params) -> State:
-    return init_state(params, self.cfg, self.optimizer, self.loss_cfg)
+    state = init_state(params, self.cfg, self.optimizer, self.loss_cfg)
+    if self.state_shardings is not None:
+      state = sharding.shard_params(state, self.state_shardings)
+    return state
 
   # -- rollouts ---------------------------------------------------------------------------------
   def rollout(self, params, problems: list, key) -> Rollout:
@@ -282,7 +299,7 @@ class GRPOTrainer:
     ptoks, pmask = encode_prompts(self.tokenizer, prompts, self.cfg.max_prompt_length,
                                   self.add_bos)
     t0 = time.perf_counter()
-    out = sampling.generate(params, self.model_config, ptoks, pmask, key, self.sampling_config)
+    out = self.generate(params, ptoks, pmask, key)
     out = jax.device_get(out)
     sample_time = time.perf_counter() - t0
     rows = [p for p in problems for _ in range(self.cfg.num_generations)]
@@ -392,7 +409,7 @@ class GRPOTrainer:
         sample_tokens_per_s=ro.generated_tokens / max(ro.sample_time_s, 1e-9),
         data_position=position,
         **{f"reward_{k}": float(np.mean(v)) for k, v in ro.components.items()},
-        **{k: float(v) for k, v in ro.reward_stats.items()},
+        **{k: float(v) for k, v in ro.reward_stats.items() if k != "reward_time_s"},
         **ds_metrics,
     )
     metrics.setdefault("kl", 0.0)  # beta = 0: no KL is computed

@@ -1,0 +1,235 @@
+"""Time and memory of one GRPO update on a device mesh, and its model FLOPs utilization.
+
+A step here is what the trainer runs per optimizer step with beta > 0: one reference forward
+(π_ref log-probs, `trainer.make_logprob_fn`) and one policy forward + backward + AdamW update
+(`trainer.make_update_step`), both jitted over the mesh by `r1jax.sharding`. Weights are
+random (no checkpoint is read), every row is `seq_len` tokens long and no completion ends early.
+
+  MFU = (6 N T + 2 N T) / step time / (devices * measured peak)
+
+with N the parameters that enter matmuls (the input embedding of an untied model is a gather),
+T = batch * seq_len tokens, 6 N T the update (forward + backward) and 2 N T the reference
+forward. The peak is measured: a jitted 8192 x 8192 bf16 matmul on one device. MFU leaves out
+attention's score and value matmuls (`+attn` adds 4 L T S H K per forward, S = seq_len: the
+model computes the full causal square) and remat's recomputation, as is usual.
+
+  python benchmarks/train_step.py --preset qwen2.5-0.5b,qwen2.5-1.5b --seq_len 1024 \\
+      --batch 16 --mesh_fsdp -1 --mesh_data 1 --remat full
+  python benchmarks/train_step.py --small   # CPU, tiny preset on 8 fake devices, seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+
+def _list(kind, text, flag):
+  try:
+    return [kind(x) for x in text.split(",") if x]
+  except ValueError:
+    raise SystemExit(f"--{flag}={text!r} must be a comma-separated list of {kind.__name__}")
+
+
+def parse_args(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--preset", default="qwen2.5-0.5b,qwen2.5-1.5b", help="comma-separated")
+  parser.add_argument("--seq_len", type=int, default=1024, help="prompt + completion tokens")
+  parser.add_argument("--prompt_len", type=int, default=256, help="part of seq_len")
+  parser.add_argument("--batch", default="16", help="comma-separated rows per update")
+  parser.add_argument("--mesh_data", type=int, default=-1)
+  parser.add_argument("--mesh_fsdp", type=int, default=1)
+  parser.add_argument("--mesh_tensor", type=int, default=1)
+  parser.add_argument("--remat", default="full", help="comma-separated: none, full, dots")
+  parser.add_argument("--dtype", default="bfloat16", help="params and compute dtype")
+  parser.add_argument("--gradient_accumulation_steps", type=int, default=1)
+  parser.add_argument("--logprob_batch_size", type=int, default=0,
+                      help="rows per chunk of the reference pass (0: all)")
+  parser.add_argument("--logprob_chunk_size", type=int, default=256,
+                      help="positions per unembedding chunk (0: whole sequence)")
+  parser.add_argument("--repeats", type=int, default=3, help="timed steps; the median is kept")
+  parser.add_argument("--matmul_size", type=int, default=8192)
+  parser.add_argument("--small", action="store_true",
+                      help="CPU smoke run: tiny preset, 8 fake devices on a 2x2x2 mesh")
+  args = parser.parse_args(argv)
+  if args.small:
+    args.preset, args.seq_len, args.prompt_len, args.batch = "tiny", 64, 16, "16"
+    args.mesh_data, args.mesh_fsdp, args.mesh_tensor = 2, 2, 2
+    args.remat, args.dtype, args.matmul_size, args.repeats = "full", "float32", 512, 2
+    args.gradient_accumulation_steps, args.logprob_batch_size = 2, 8
+    args.logprob_chunk_size = 16
+  args.preset = _list(str, args.preset, "preset")
+  args.batch = _list(int, args.batch, "batch")
+  args.remat = _list(str, args.remat, "remat")
+  if not 0 < args.prompt_len < args.seq_len:
+    parser.error(f"--prompt_len={args.prompt_len} must be in (0, --seq_len={args.seq_len})")
+  return args
+
+
+def _median_seconds(fn, repeats):
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return sorted(times)[len(times) // 2]
+
+
+def measure_matmul_peak(n: int, dtype, repeats: int = 5) -> float:
+  """FLOP/s of a jitted n x n @ n x n matmul on one device."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32).astype(dtype)
+  b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32).astype(dtype)
+  dot = jax.jit(jnp.dot)
+  dot(a, b).block_until_ready()
+  return 2 * n ** 3 / _median_seconds(lambda: dot(a, b).block_until_ready(), repeats)
+
+
+def matmul_params(config) -> int:
+  """Parameters that enter matmuls: all but the norms and an untied input embedding."""
+  n = config.num_params() - config.hidden_size * (2 * config.num_layers + 1)
+  if not config.tie_embeddings:
+    n -= config.vocab_size * config.hidden_size
+  return n
+
+
+def peak_memory_bytes(devices):
+  """Largest peak_bytes_in_use over `devices`, or None where the backend keeps no stats."""
+  peaks = []
+  for d in devices:
+    stats = d.memory_stats() if hasattr(d, "memory_stats") else None
+    if stats and "peak_bytes_in_use" in stats:
+      peaks.append(stats["peak_bytes_in_use"])
+  return max(peaks) if peaks else None
+
+
+def _size(num_bytes) -> str:
+  if num_bytes is None:
+    return "n/a"
+  return f"{num_bytes / 2**30:.2f}G" if num_bytes >= 2**30 else f"{num_bytes / 2**20:.1f}M"
+
+
+def random_batch(config, rows, seq_len, prompt_len, seed=0):
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(seed)
+  n = seq_len - prompt_len
+  return {
+      "prompt_tokens": rng.integers(0, config.vocab_size, (rows, prompt_len), dtype=np.int32),
+      "prompt_mask": np.ones((rows, prompt_len), bool),
+      "completion_tokens": rng.integers(0, config.vocab_size, (rows, n), dtype=np.int32),
+      "completion_mask": np.ones((rows, n), bool),
+      "advantages": rng.standard_normal(rows).astype(np.float32),
+      "truncated": np.zeros(rows, bool),
+  }
+
+
+def run_one(args, preset, rows, remat, mesh, peak):
+  """Builds, compiles and times one configuration; returns a row of the table."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+
+  from r1jax import accumulate, grpo, sharding, trainer  # pylint: disable=import-outside-toplevel
+  from r1jax.config import get_config  # pylint: disable=import-outside-toplevel
+
+  config = get_config(preset, dtype=args.dtype, param_dtype=args.dtype,
+                      max_position_embeddings=max(args.seq_len, 2048))
+  n = args.seq_len - args.prompt_len
+  cfg = trainer.TrainConfig(prompts_per_step=rows // 2, num_generations=2,
+                            max_prompt_length=args.prompt_len, max_completion_length=n,
+                            remat=remat, logprob_chunk_size=args.logprob_chunk_size or None)
+  loss_cfg = grpo.GRPOConfig(num_generations=2, max_completion_length=n, beta=0.04)
+  optimizer, schedule = trainer.make_optimizer(cfg)
+  init = lambda p: trainer.init_state(p, cfg, optimizer, loss_cfg)  # noqa: E731
+  state_sh = sharding.train_state_shardings(config, init, mesh)
+  params = sharding.init_params_sharded(config, jax.random.PRNGKey(0), mesh)
+  # Built directly in its shards: no device holds more than its part of the state.
+  state = jax.jit(init, out_shardings=state_sh)(params)
+  del params
+
+  if args.gradient_accumulation_steps == 1:
+    step_fn = trainer.make_update_step(config, cfg, loss_cfg, optimizer, schedule)
+  else:
+    step_fn = accumulate.make_update_step(config, cfg, loss_cfg, optimizer,
+                                          args.gradient_accumulation_steps,
+                                          sharding.batch_sharding(mesh))
+  update = sharding.shard_update_step(step_fn, state_sh["params"], state_sh["opt_state"], mesh)
+  logprob = sharding.shard_logprob_fn(
+      accumulate.chunked_logprob_fn(trainer.make_logprob_fn(config, cfg),
+                                    args.logprob_batch_size or None),
+      state_sh["params"], mesh)
+  batch = sharding.put_batch(random_batch(config, rows, args.seq_len, args.prompt_len), mesh)
+
+  t0 = time.perf_counter()
+  ref_logp = jax.block_until_ready(logprob(state["ref_params"], batch))  # compiles
+  update_batch = dict(batch, ref_logp=ref_logp)
+  compiled = update.jitted.lower(state["params"], state["opt_state"], update_batch).compile()
+  analysis = compiled.memory_analysis()
+  temp_bytes = getattr(analysis, "temp_size_in_bytes", None) if analysis else None
+  current = {"params": state["params"], "opt_state": state["opt_state"]}
+
+  def ref_pass():
+    jax.block_until_ready(logprob(state["ref_params"], batch))
+
+  def update_pass():  # the params and optimizer state are donated: carry the new ones on
+    p, o, m = compiled(current["params"], current["opt_state"], update_batch)
+    current.update(params=p, opt_state=o)
+    jax.block_until_ready(m)
+
+  update_pass()
+  compile_s = time.perf_counter() - t0
+  ref_s = _median_seconds(ref_pass, args.repeats)
+  update_s = _median_seconds(update_pass, args.repeats)
+  step_s = ref_s + update_s
+
+  tokens = rows * args.seq_len
+  n_mm = matmul_params(config)
+  flops = 8 * n_mm * tokens
+  attn = 4 * config.num_layers * tokens * args.seq_len * config.num_heads * config.head_dim
+  flops_attn = flops + 4 * attn  # forward of the reference, forward + 2x backward of the update
+  devices = mesh.devices.size
+  peak_mem = peak_memory_bytes(mesh.local_devices)
+  return (f"{preset} | {rows} | {args.seq_len} | {remat} | {_size(peak_mem)} | "
+          f"{_size(temp_bytes)} | "
+          f"{compile_s:.1f} | {ref_s * 1e3:.1f} | {update_s * 1e3:.1f} | {step_s * 1e3:.1f} | "
+          f"{tokens / step_s:.0f} | {flops / step_s / (devices * peak):.3f} | "
+          f"{flops_attn / step_s / (devices * peak):.3f}")
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  if args.small:
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_force_host_platform_device_count" not in flags:
+      os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count=8".strip()
+  import jax  # pylint: disable=import-outside-toplevel
+
+  from r1jax import sharding  # pylint: disable=import-outside-toplevel
+  from r1jax.config import dtype_from_name  # pylint: disable=import-outside-toplevel
+
+  mesh = sharding.make_mesh(sharding.MeshConfig(data=args.mesh_data, fsdp=args.mesh_fsdp,
+                                                tensor=args.mesh_tensor))
+  peak = measure_matmul_peak(args.matmul_size, dtype_from_name(args.dtype))
+  print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}) x "
+        f"{mesh.devices.size}, mesh {dict(mesh.shape)}, dtype {args.dtype}, measured "
+        f"{args.matmul_size}^2 matmul peak {peak / 1e12:.1f} TFLOP/s per device, "
+        f"grad accumulation {args.gradient_accumulation_steps}, logprob_batch_size "
+        f"{args.logprob_batch_size or 'all'}, logprob_chunk_size {args.logprob_chunk_size}")
+  header = ("preset", "batch", "seq", "remat", "peak mem/dev", "XLA temp/dev",
+            "compile+1 s", "ref ms", "update ms", "step ms", "tok/s", "MFU", "MFU+attn")
+  print(" | ".join(header))
+  for preset in args.preset:
+    for rows in args.batch:
+      for remat in args.remat:
+        print(run_one(args, preset, rows, remat, mesh, peak), flush=True)
+  print("peak mem/dev: device.memory_stats() peak of the process so far (n/a on CPU; run one "
+        "config per process for exact peaks); XLA temp: the compiled update's temporary buffers "
+        "per device; tok/s: batch * seq / step.")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
