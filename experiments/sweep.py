@@ -1,0 +1,209 @@
+r"""Runs experiments/r1_zero.py over a grid of flag values and draws their curves together.
+
+  python experiments/sweep.py --base_flagfile=experiments/configs/countdown_tiny.flags \
+      --grid=num_generations=2,4,8 --grid=beta=0,0.04 --root=runs/sweep_g_beta --parallel=2
+
+Each point of the grid (the Cartesian product of the --grid axes) is one run of r1_zero.py with
+the base flagfile, its own --workdir (<root>/<name>, e.g. runs/sweep_g_beta/num_generations=4,
+beta=0) and the point's flags; --extra flags go to every run. Runs go sequentially or
+--parallel at a time; rerunning resumes finished and unfinished runs alike (r1_zero.py resumes
+from its workdir). Then one PNG per metric in <root>/ draws every run on shared axes, and
+<root>/summary.json holds each run's first and last values. --plot_only redraws without running.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from typing import Optional, Sequence
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("base_flagfile", "experiments/configs/countdown_tiny.flags",
+                    "Flagfile every run starts from.")
+flags.DEFINE_multi_string("grid", [], "An axis of the grid: flag=v1,v2,... (repeatable).")
+flags.DEFINE_multi_string("extra", [], "A flag passed to every run, e.g. --extra=--max_steps=50.")
+flags.DEFINE_string("root", "runs/sweep", "Directory holding one workdir per run and the plots.")
+flags.DEFINE_integer("parallel", 1, "Runs at a time.")
+flags.DEFINE_float("mem_fraction", 0.0, "With --parallel > 1 on one accelerator: each process's "
+                   "XLA_PYTHON_CLIENT_MEM_FRACTION (0: leave JAX's default).")
+flags.DEFINE_bool("plot_only", False, "Only redraw the plots of existing runs.")
+flags.DEFINE_string("script", "", "Training script (default: r1_zero.py next to this file).")
+
+# (metrics file, key, y label, title) of each PNG; pass@1 is the held-out evaluation.
+METRICS = (
+    ("eval_metrics.jsonl", "pass@1", "held-out pass@1", "accuracy (cf. R1 paper Fig. 2)"),
+    ("metrics.jsonl", "accuracy", "train accuracy (smoothed)", "train accuracy"),
+    ("metrics.jsonl", "completion_length_mean", "mean response length (tokens, smoothed)",
+     "response length (cf. R1 paper Fig. 3)"),
+    ("metrics.jsonl", "reflection_rate", "share of reflective completions (smoothed)",
+     "reflection"),
+    ("metrics.jsonl", "reward_mean", "mean reward (smoothed)", "reward"),
+)
+
+
+def parse_axis(spec: str) -> tuple[str, list[str]]:
+  """'beta=0,0.04' -> ('beta', ['0', '0.04']); raises naming the bad --grid entry."""
+  name, sep, values = spec.partition("=")
+  name = name.strip().lstrip("-")
+  items = [v.strip() for v in values.split(",")] if sep else []
+  if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) or not all(items):
+    raise ValueError(f"--grid={spec!r}: expected flag=value1,value2,...")
+  return name, items
+
+
+def expand_grid(specs: Sequence[str]) -> list[dict[str, str]]:
+  """The Cartesian product of the axes, first axis slowest: [{'flag': 'value', ...}, ...].
+  No axes: one empty point (the base flagfile alone). A flag named twice raises."""
+  axes = [parse_axis(s) for s in specs]
+  names = [n for n, _ in axes]
+  if len(set(names)) != len(names):
+    raise ValueError(f"--grid names a flag twice: {names}")
+  return [dict(zip(names, values)) for values in itertools.product(*(v for _, v in axes))]
+
+
+def run_name(point: dict[str, str]) -> str:
+  """'num_generations=4,beta=0' (the workdir name; 'base' for the empty point)."""
+  name = ",".join(f"{k}={v}" for k, v in point.items()) or "base"
+  return re.sub(r"[^A-Za-z0-9_.,=+-]", "_", name)
+
+
+def command(point: dict[str, str], workdir: str, base_flagfile: str, extra: Sequence[str],
+            script: str) -> list[str]:
+  """The r1_zero.py command line of one point: flagfile, workdir, extras, then the point's
+  flags (last, so they win over the flagfile and the extras)."""
+  return ([sys.executable, script, f"--flagfile={base_flagfile}", f"--workdir={workdir}"]
+          + list(extra) + [f"--{k}={v}" for k, v in point.items()])
+
+
+def run_all(commands: dict[str, list[str]], root: str, parallel: int,
+            env: Optional[dict] = None) -> dict[str, int]:
+  """Runs the commands, `parallel` at a time, each logging to <root>/<name>.log; returns the
+  exit codes by name."""
+  pending, running, codes = list(commands.items()), {}, {}
+  while pending or running:
+    while pending and len(running) < parallel:
+      name, cmd = pending.pop(0)
+      log = open(os.path.join(root, f"{name}.log"), "a")  # pylint: disable=consider-using-with
+      print(f"[sweep] start {name}: {' '.join(cmd)}", flush=True)
+      running[name] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env),
+                       log, time.time())
+    for name, (proc, log, t0) in list(running.items()):
+      if proc.poll() is not None:
+        log.close()
+        codes[name] = proc.returncode
+        print(f"[sweep] done {name}: exit {proc.returncode} in {time.time() - t0:.0f}s",
+              flush=True)
+        del running[name]
+    time.sleep(0.2)
+  return codes
+
+
+def _read_jsonl(path: str) -> list[dict]:
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def _smooth(values: Sequence[float], window: int) -> list[float]:
+  out = []
+  for i in range(len(values)):
+    chunk = values[max(0, i - window + 1):i + 1]
+    out.append(sum(chunk) / len(chunk))
+  return out
+
+
+def curves(workdirs: dict[str, str], file: str, key: str) -> dict[str, tuple[list, list]]:
+  """{run name: (steps, values)} of `key` in each workdir's `file` (runs without it left out);
+  train metrics are smoothed over a window of 1/20 of the run."""
+  out = {}
+  for name, wd in workdirs.items():
+    rows = [r for r in _read_jsonl(os.path.join(wd, file)) if key in r and "step" in r]
+    if rows:
+      steps, values = [r["step"] for r in rows], [float(r[key]) for r in rows]
+      if file == "metrics.jsonl":
+        values = _smooth(values, max(1, len(values) // 20))
+      out[name] = (steps, values)
+  return out
+
+
+def plot_sweep(workdirs: dict[str, str], out_dir: str, metrics=METRICS) -> list[str]:
+  """One PNG per metric with every run's curve on shared axes; returns the paths written."""
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  os.makedirs(out_dir, exist_ok=True)
+  paths = []
+  for file, key, ylabel, title in metrics:
+    data = curves(workdirs, file, key)
+    if not data:
+      continue
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    for name, (steps, values) in data.items():
+      ax.plot(steps, values, marker="o" if file != "metrics.jsonl" else None, label=name)
+    ax.set_xlabel("GRPO step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    paths.append(os.path.join(out_dir, re.sub(r"[^A-Za-z0-9_]", "_", key) + ".png"))
+    fig.savefig(paths[-1], dpi=90)
+    plt.close(fig)
+  return paths
+
+
+def summarize(workdirs: dict[str, str], metrics=METRICS) -> dict[str, dict]:
+  """{run: {key: {'first', 'last'}}} of the raw (unsmoothed) values."""
+  out = {}
+  for name, wd in workdirs.items():
+    out[name] = {}
+    for file, key, _, _ in metrics:
+      rows = [r[key] for r in _read_jsonl(os.path.join(wd, file)) if key in r]
+      if rows:
+        out[name][key] = {"first": rows[0], "last": rows[-1]}
+  return out
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}; flags go through --extra")
+  if FLAGS.parallel < 1:
+    raise app.UsageError(f"--parallel={FLAGS.parallel} must be >= 1")
+  if not FLAGS.plot_only and not os.path.exists(FLAGS.base_flagfile):
+    raise app.UsageError(f"--base_flagfile={FLAGS.base_flagfile!r} does not exist")
+  try:
+    points = expand_grid(FLAGS.grid)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
+  script = FLAGS.script or os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                        "r1_zero.py")
+  os.makedirs(FLAGS.root, exist_ok=True)
+  workdirs = {run_name(p): os.path.join(FLAGS.root, run_name(p)) for p in points}
+  codes = {}
+  if not FLAGS.plot_only:
+    env = dict(os.environ)
+    if FLAGS.parallel > 1 and FLAGS.mem_fraction > 0:
+      env["XLA_PYTHON_CLIENT_MEM_FRACTION"] = str(FLAGS.mem_fraction)
+    cmds = {run_name(p): command(p, workdirs[run_name(p)], FLAGS.base_flagfile, FLAGS.extra,
+                                 script) for p in points}
+    codes = run_all(cmds, FLAGS.root, FLAGS.parallel, env)
+  paths = plot_sweep(workdirs, FLAGS.root)
+  summary = summarize(workdirs)
+  with open(os.path.join(FLAGS.root, "summary.json"), "w") as f:
+    json.dump({"exit_codes": codes, "runs": summary}, f, indent=2)
+  print(json.dumps({"plots": paths, "exit_codes": codes}, indent=2))
+  failed = {k: v for k, v in codes.items() if v != 0}
+  if failed:
+    sys.exit(f"[sweep] runs failed: {failed} (logs in {FLAGS.root}/<name>.log)")
+
+
+if __name__ == "__main__":
+  app.run(main)

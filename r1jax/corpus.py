@@ -1,0 +1,408 @@
+"""A procedural pretraining corpus for R1-Zero in miniature: Countdown attempts of mixed quality.
+
+DeepSeek-R1-Zero starts RL from a *base* model (DeepSeek-V3-Base) that already computes and
+sometimes solves problems, and that has, somewhere in its pretraining data, text that checks a
+result and tries again; RL then selects for the long, reflective completions that solve more
+problems (paper §2.2.4: accuracy, response length and "aha" reflections rise together, Figs. 2-3).
+A model pretrained here must have the same three properties, so each document is
+`format_prompt(question, template) + completion` where the completion is one of
+
+  single     one attempt, answered without checking (right only by luck)
+               " 9-3=6, 6+5=11.</think> <answer>(9-3)+5</answer>"
+  search     attempts checked against the target, trying again until one hits or the budget
+             (geometric, mean ~1/(1-continue_prob)) runs out; then the hit, or the last miss anyway
+               " 9+5=14, 14*3=42, check 42 vs 14: no. try 9-3=6, 6+5=11, check 11 vs 14: no.
+                try 3*5=15, 15-1=14, check 14 vs 14: yes.</think> <answer>(3*5)-1</answer>"
+  give_up    checked misses, then "give up." and no answer or the last miss
+  malformed  a single or search completion with its tags damaged (no </think>, or no <answer>)
+
+Every step's arithmetic is correct (so the model learns to compute and to compare with the
+target); only the *choice* of attempts is random. A check writes the result and the target side
+by side before its verdict ("check 11 vs 14: no"): a character-level model compares two adjacent
+numbers far more easily than a result with a target back in the prompt. Nothing is curated to be correct: how often a
+document solves its problem follows from the mix and the attempt budget, which set the base
+model's pass@1 (5-25% for the shipped configs). RL can then raise accuracy by searching longer
+and checking (response length and reflection up), fixing the format, and not giving up.
+
+`correct_traces` writes the opposite kind of data, long correct-only traces for the cold-start
+SFT and distillation of the R1 pipeline (§2.3.1, §2.4). It is NOT used for R1-Zero.
+
+Only training-split problems go in (the task's hash partition keeps test problems out).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import random
+from typing import Optional, Sequence
+
+import numpy as np
+
+from r1jax.tasks import Problem, format_prompt, get_task, verify_equation
+
+KINDS = ("single", "search", "give_up", "malformed")
+
+
+# ----------------------------------------------------------------------------------------------
+# Attempts: combine two numbers, then the result with the next, until one number is left.
+# ----------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Attempt:
+  """One way of combining all the numbers. steps: ((x, op, y, x op y), ...) with x >= y."""
+
+  steps: tuple[tuple[int, str, int, int], ...]
+  expression: str  # the equation's left side, e.g. "(9-3)+5"
+  value: int
+
+  def text(self) -> str:
+    return ", ".join(f"{x}{op}{y}={r}" for x, op, y, r in self.steps)
+
+
+def _apply(op: str, x: int, y: int) -> Optional[int]:
+  """x op y for x >= y when it is a positive integer (what a Countdown player writes down)."""
+  if op == "+":
+    return x + y
+  if op == "*":
+    return x * y
+  if op == "-":
+    return x - y if x > y else None
+  return x // y if y and x % y == 0 else None
+
+
+def _wrap(text: str, atom: bool) -> str:
+  return text if atom else f"({text})"
+
+
+def valid_ops(x: int, y: int) -> list[str]:
+  return [op for op in "+-*/" if _apply(op, x, y) is not None]
+
+
+def random_attempt(numbers: Sequence[int], rng: random.Random) -> Attempt:
+  """Combines a random pair with a random valid op until one value is left."""
+  pool = [(int(n), str(n), True) for n in numbers]  # (value, text, is_atom)
+  steps = []
+  while len(pool) > 1:
+    i, j = rng.sample(range(len(pool)), 2)
+    a, b = pool[i], pool[j]
+    if a[0] < b[0]:
+      a, b = b, a
+    op = rng.choice(valid_ops(a[0], b[0]))
+    r = _apply(op, a[0], b[0])
+    steps.append((a[0], op, b[0], r))
+    text = f"{_wrap(a[1], a[2])}{op}{_wrap(b[1], b[2])}"
+    pool = [p for k, p in enumerate(pool) if k not in (i, j)] + [(r, text, False)]
+  return Attempt(tuple(steps), pool[0][1], pool[0][0])
+
+
+@functools.lru_cache(maxsize=4096)
+def all_attempts(numbers: tuple[int, ...]) -> tuple[Attempt, ...]:
+  """Every distinct Attempt over `numbers` (exhaustive; distinct by expression). ~50 for three
+  numbers, a few thousand for four."""
+  out = {}
+
+  def rec(pool, steps):
+    if len(pool) == 1:
+      out.setdefault(pool[0][1], Attempt(tuple(steps), pool[0][1], pool[0][0]))
+      return
+    for i in range(len(pool)):
+      for j in range(i + 1, len(pool)):
+        a, b = (pool[i], pool[j]) if pool[i][0] >= pool[j][0] else (pool[j], pool[i])
+        rest = [p for k, p in enumerate(pool) if k not in (i, j)]
+        for op in valid_ops(a[0], b[0]):
+          r = _apply(op, a[0], b[0])
+          text = f"{_wrap(a[1], a[2])}{op}{_wrap(b[1], b[2])}"
+          rec(rest + [(r, text, False)], steps + [(a[0], op, b[0], r)])
+
+  rec([(int(n), str(n), True) for n in numbers], [])
+  return tuple(out[k] for k in sorted(out))
+
+
+def hit_rate(problem: Problem) -> float:
+  """Share of `all_attempts` that reach the target: the chance a random attempt solves it."""
+  atts = all_attempts(tuple(sorted(problem.meta["numbers"])))
+  return sum(a.value == problem.meta["target"] for a in atts) / max(len(atts), 1)
+
+
+def _distinct_attempts(numbers, rng: random.Random, count: int, target: Optional[int] = None,
+                       hit_bias: float = 0.0) -> list[Attempt]:
+  """Up to `count` random attempts with distinct expressions (a player does not repeat one);
+  with `hit_bias`, each is instead, with that chance, one that reaches `target`."""
+  out, seen = [], set()
+  hits = ([a for a in all_attempts(tuple(sorted(numbers))) if a.value == target]
+          if hit_bias > 0 else [])
+  for _ in range(20 * count):
+    a = (rng.choice(hits) if hits and rng.random() < hit_bias
+         else random_attempt(numbers, rng))
+    if a.expression not in seen:
+      seen.add(a.expression)
+      out.append(a)
+      if len(out) == count:
+        break
+  return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Documents
+# ----------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class CorpusConfig:
+  """The mix of completion kinds (weights, normalized) and the search budget.
+
+  A `search` or `give_up` completion makes 1 + Geometric attempts: after each miss it goes on
+  with probability `continue_prob`, up to `max_attempts`. Malformed completions damage a single
+  (`malformed_single` of them) or a search completion.
+  """
+
+  single: float = 0.5
+  search: float = 0.35
+  give_up: float = 0.1
+  malformed: float = 0.05
+  continue_prob: float = 0.5
+  max_attempts: int = 8
+  # Chance that a search's next attempt is a good guess (one that reaches the target), as a
+  # solver with some number sense makes; it also gives the "yes" verdicts of the checks enough
+  # weight for a small model to learn to compare the result with the target.
+  hit_bias: float = 0.25
+  malformed_single: float = 0.5
+  template: str = "compact"
+
+  def __post_init__(self):
+    weights = [self.single, self.search, self.give_up, self.malformed]
+    if min(weights) < 0 or sum(weights) <= 0:
+      raise ValueError(f"CorpusConfig mix weights must be >= 0 with a positive sum, got {weights}")
+    if not 0 <= self.continue_prob < 1:
+      raise ValueError(f"continue_prob={self.continue_prob} must be in [0, 1)")
+    if self.max_attempts < 1:
+      raise ValueError(f"max_attempts={self.max_attempts} must be >= 1")
+    if not 0 <= self.hit_bias <= 1:
+      raise ValueError(f"hit_bias={self.hit_bias} must be in [0, 1]")
+    if not 0 <= self.malformed_single <= 1:
+      raise ValueError(f"malformed_single={self.malformed_single} must be in [0, 1]")
+
+  @property
+  def mix(self) -> dict[str, float]:
+    w = [self.single, self.search, self.give_up, self.malformed]
+    return {k: v / sum(w) for k, v in zip(KINDS, w)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Document:
+  """One pretraining document. `correct`: its answer verifies (accuracy reward 1);
+  `formatted`: its tags are well formed (format reward 1)."""
+
+  problem: Problem
+  kind: str
+  prompt: str
+  completion: str
+  attempts: int
+  correct: bool
+  formatted: bool
+
+  @property
+  def text(self) -> str:
+    return self.prompt + self.completion
+
+
+def _budget(cfg: CorpusConfig, rng: random.Random) -> int:
+  k = 1
+  while k < cfg.max_attempts and rng.random() < cfg.continue_prob:
+    k += 1
+  return k
+
+
+def _answer(expression: str) -> str:
+  return f"</think> <answer>{expression}</answer>"
+
+
+def _single(problem, rng):
+  a = random_attempt(problem.meta["numbers"], rng)
+  return f" {a.text()}.", a.expression, 1
+
+
+def _search(problem, cfg, rng, budget=None):
+  """Checked attempts until a hit or the budget; (think text, answer, attempts)."""
+  target = problem.meta["target"]
+  budget = budget or max(_budget(cfg, rng), 2)
+  parts, chosen = [], None
+  attempts = _distinct_attempts(problem.meta["numbers"], rng, budget, target, cfg.hit_bias)
+  for i, a in enumerate(attempts):
+    chosen = a
+    parts.append(_checked(a, target, first=i == 0))
+    if a.value == target:
+      break
+  return " " + " ".join(parts), chosen.expression, len(parts)
+
+
+def _checked(a: Attempt, target: int, first: bool) -> str:
+  """"[try ]9-3=6, 6+5=11, check 11 vs 14: no." — the verdict after both numbers."""
+  verdict = "yes" if a.value == target else "no"
+  return f"{'' if first else 'try '}{a.text()}, check {a.value} vs {target}: {verdict}."
+
+
+def _give_up(problem, cfg, rng):
+  target = problem.meta["target"]
+  misses = [a for a in _distinct_attempts(problem.meta["numbers"], rng, cfg.max_attempts)
+            if a.value != target][:max(_budget(cfg, rng), 1)]
+  if not misses:  # every attempt hits: nothing to give up on
+    return _search(problem, cfg, rng)
+  parts = [_checked(a, target, first=i == 0) for i, a in enumerate(misses)]
+  answer = misses[-1].expression if rng.random() < 0.5 else "none"
+  return " " + " ".join(parts + ["give up."]), answer, len(misses)
+
+
+def make_document(problem: Problem, kind: str, cfg: CorpusConfig, rng: random.Random) -> Document:
+  """One document of `kind` for a Countdown `problem` (meta numbers/target)."""
+  if kind not in KINDS:
+    raise ValueError(f"kind={kind!r}; expected one of {KINDS}")
+  if kind == "single":
+    think, answer, n = _single(problem, rng)
+  elif kind == "search":
+    think, answer, n = _search(problem, cfg, rng)
+  elif kind == "give_up":
+    think, answer, n = _give_up(problem, cfg, rng)
+  else:
+    think, answer, n = (_single(problem, rng) if rng.random() < cfg.malformed_single
+                        else _search(problem, cfg, rng))
+  completion = think + _answer(answer)
+  if kind == "malformed":
+    if rng.random() < 0.5:  # the think block never closes
+      completion = f"{think} <answer>{answer}</answer>"
+    else:  # the answer is not tagged: unreadable to the accuracy reward too
+      completion = f"{think}</think> answer: {answer}"
+  ok = verify_equation(answer, problem.meta["numbers"], problem.meta["target"])
+  correct = ok and "<answer>" in completion
+  return Document(problem, kind, format_prompt(problem.question, cfg.template), completion, n,
+                  correct, kind != "malformed")
+
+
+def corpus_documents(n: int, seed: int = 0, cfg: CorpusConfig = CorpusConfig(),
+                     task_options: Optional[dict] = None,
+                     problems: Optional[Sequence[Problem]] = None) -> list[Document]:
+  """`n` documents, deterministic from `seed`.
+
+  Problems come from `problems` or else the train split of `get_task("countdown",
+  **task_options)` (with `num_train=n`); a kind is drawn for each from `cfg.mix`.
+  """
+  if n < 1:
+    raise ValueError(f"n={n} must be >= 1")
+  if problems is None:
+    task = get_task("countdown", **{**(task_options or {}), "num_train": n})
+    problems = task.split("train", seed)
+  if not problems:
+    raise ValueError("corpus_documents: no problems")
+  rng = random.Random(seed)
+  kinds, weights = list(cfg.mix), list(cfg.mix.values())
+  return [make_document(problems[i % len(problems)], rng.choices(kinds, weights)[0], cfg, rng)
+          for i in range(n)]
+
+
+# ----------------------------------------------------------------------------------------------
+# Correct-only traces (R1 cold start / distillation; not R1-Zero)
+# ----------------------------------------------------------------------------------------------
+def _solution(problem: Problem, rng: random.Random) -> Attempt:
+  hits = [a for a in all_attempts(tuple(sorted(problem.meta["numbers"])))
+          if a.value == problem.meta["target"]]
+  if not hits:
+    raise ValueError(f"problem {problem.question!r} has no solution by pairwise combination")
+  return rng.choice(hits)
+
+
+def _long_trace(problem: Problem, misses: list[Attempt], hit: Attempt) -> str:
+  target, numbers = problem.meta["target"], problem.meta["numbers"]
+  shown = ", ".join(map(str, numbers))
+
+  def steps(a):
+    return ", then ".join(f"{x} {op} {y} = {r}" for x, op, y, r in a.steps)
+
+  lines = [f" We need {target} from {shown}, each used once."]
+  for a in misses:
+    lines.append(f"Try {steps(a)}. Check: {a.value} vs {target}, not equal, so try another "
+                 "way.")
+  lines.append(f"Try {steps(hit)}. Check: {hit.value} vs {target}, equal.")
+  lines.append(f"So {hit.expression} = {target}, using {shown} once each.")
+  return " ".join(lines) + _answer(hit.expression)
+
+
+def correct_traces(problems: Sequence[Problem], seed: int = 0, style: str = "long",
+                   max_misses: int = 2, template: str = "compact") -> list[tuple[str, str]]:
+  """(prompt, completion) pairs whose answers verify, one per Countdown problem.
+
+  style "long": readable sentences, up to `max_misses` failed attempts, the solution and a
+  check line (cold-start data, DeepSeek-R1 §2.3.1). style "short": the corpus's own compact
+  search notation ending in a hit. Raises if a problem has no solution.
+  """
+  if style not in ("long", "short"):
+    raise ValueError(f"style={style!r}; expected 'long' or 'short'")
+  rng = random.Random(seed)
+  out = []
+  for p in problems:
+    hit = _solution(p, rng)
+    misses = [a for a in _distinct_attempts(p.meta["numbers"], rng, max_misses + 4)
+              if a.value != p.meta["target"]][:rng.randint(0, max_misses)]
+    if style == "long":
+      completion = _long_trace(p, misses, hit)
+    else:
+      parts = [_checked(a, p.meta["target"], first=i == 0)
+               for i, a in enumerate(misses + [hit])]
+      completion = " " + " ".join(parts) + _answer(hit.expression)
+    assert verify_equation(hit.expression, p.meta["numbers"], p.meta["target"])
+    out.append((format_prompt(p.question, template), completion))
+  return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Pretraining batches: BOS + prompt + completion + EOS, right-padded, grouped by length
+# ----------------------------------------------------------------------------------------------
+def encode_documents(docs: Sequence[Document], tokenizer, *, add_bos: bool = True,
+                     max_length: Optional[int] = None) -> list[tuple[list[int], int]]:
+  """(token ids, number of prompt tokens incl. BOS) per document, EOS appended: the layout the
+  sampler sees at RL time (BOS, the prompt, then the completion). Raises if one exceeds
+  `max_length` tokens."""
+  out = []
+  for d in docs:
+    prompt = tokenizer.encode(d.prompt, add_bos=add_bos)
+    ids = prompt + tokenizer.encode(d.completion) + [tokenizer.eos_id]
+    if max_length is not None and len(ids) > max_length:
+      raise ValueError(f"a document has {len(ids)} tokens, more than max_length={max_length}: "
+                       f"{d.text[:60]!r}...")
+    out.append((ids, len(prompt)))
+  return out
+
+
+def length_grouped_batches(lengths: Sequence[int], batch_size: int, seed: int,
+                           group: int = 16) -> list[np.ndarray]:
+  """Index batches over a seeded shuffle, sorted by length within windows of `group` batches
+  (so padding is small) and then shuffled again (so lengths do not trend over training). A
+  last partial batch is dropped."""
+  if batch_size < 1:
+    raise ValueError(f"batch_size={batch_size} must be >= 1")
+  rng = np.random.default_rng(seed)
+  order = rng.permutation(len(lengths))
+  lengths = np.asarray(lengths)
+  batches = []
+  window = batch_size * group
+  for start in range(0, len(order) - batch_size + 1, window):
+    chunk = order[start:start + window]
+    chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+    batches += [chunk[i:i + batch_size] for i in range(0, len(chunk) - batch_size + 1,
+                                                       batch_size)]
+  return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def pad_batch(encoded: Sequence[tuple[list[int], int]], indices, pad_id: int,
+              loss_on_prompt: bool = True, multiple: int = 64) -> dict[str, np.ndarray]:
+  """tokens [b,T] int32, mask [b,T] bool, loss_mask [b,T] bool (the targets that count: every
+  real token but the first, or only completion tokens when not `loss_on_prompt`). T is the
+  longest document rounded up to `multiple` (a few shapes, a few compilations)."""
+  rows = [encoded[int(i)] for i in indices]
+  longest = max(len(ids) for ids, _ in rows)
+  t = -(-longest // multiple) * multiple
+  tokens = np.full((len(rows), t), pad_id, np.int32)
+  mask = np.zeros((len(rows), t), bool)
+  loss_mask = np.zeros((len(rows), t), bool)
+  for r, (ids, n_prompt) in enumerate(rows):
+    tokens[r, :len(ids)] = ids
+    mask[r, :len(ids)] = True
+    loss_mask[r, 1 if loss_on_prompt else n_prompt:len(ids)] = True
+  return {"tokens": tokens, "mask": mask, "loss_mask": loss_mask}

@@ -1,0 +1,183 @@
+"""The pretraining corpus of R1-Zero in miniature: labels checked by the reward functions,
+arithmetic checked by Python, the configured mix, determinism, and no test problem inside."""
+
+import itertools
+import operator
+import re
+
+import numpy as np
+import pytest
+
+from r1jax import corpus, rewards
+from r1jax.tasks import completion_prefix, get_task
+from r1jax.tasks.countdown import evaluate
+from r1jax.tokenizer import CharTokenizer
+
+OPTIONS = dict(min_count=3, max_count=3, max_number=10, max_target=50,
+               question_style="short", num_test=128)
+PREFIX = completion_prefix("compact")
+
+
+@pytest.fixture(scope="module")
+def docs():
+  return corpus.corpus_documents(1500, seed=3, task_options=OPTIONS)
+
+
+def test_labels_agree_with_the_reward_functions(docs):
+  for d in docs:
+    assert d.prompt.endswith("\n<think>")
+    acc = rewards.countdown_reward(PREFIX + d.completion, d.problem)
+    fmt = rewards.format_reward(d.completion, prefix=PREFIX)
+    assert bool(acc) == d.correct, d.text
+    assert bool(fmt) == d.formatted, d.text
+  # All four kinds occur, and only searches and lucky singles solve their problem.
+  assert {d.kind for d in docs} == set(corpus.KINDS)
+  assert not any(d.correct for d in docs if d.kind == "give_up")
+  assert any(d.correct for d in docs if d.kind == "search")
+
+
+def test_every_written_step_is_correct_arithmetic(docs):
+  ops = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.floordiv}
+  n = 0
+  for d in docs:
+    for x, op, y, r in re.findall(r"(\d+)([-+*/])(\d+)=(\d+)", d.completion):
+      x, y, r = int(x), int(y), int(r)
+      assert ops[op](x, y) == r and r > 0, d.text
+      if op == "/":
+        assert x % y == 0
+      n += 1
+  assert n > 2 * len(docs)
+
+
+def test_checks_compare_the_result_with_the_target(docs):
+  for d in docs:
+    target = d.problem.meta["target"]
+    checks = re.findall(r"=(\d+), check (\d+) vs (\d+): (yes|no)\.", d.completion)
+    assert len(checks) == (0 if d.kind == "single" else d.attempts) or d.kind == "malformed"
+    for result, restated, said, verdict in checks:
+      assert int(said) == target and restated == result
+      assert (verdict == "yes") == (int(result) == target), d.text
+  searches = [d for d in docs if d.kind == "search"]
+  assert all(d.attempts <= corpus.CorpusConfig().max_attempts for d in searches)
+  # A search stops at its first hit: "yes" only ever ends it.
+  for d in searches:
+    assert d.completion.count(": yes.") <= 1
+    assert d.correct == (": yes." in d.completion)
+    assert d.completion.count("try ") == d.attempts - 1
+
+
+def test_mix_ratios_are_as_configured():
+  cfg = corpus.CorpusConfig(single=0.5, search=0.3, give_up=0.15, malformed=0.05)
+  docs = corpus.corpus_documents(4000, seed=0, cfg=cfg, task_options=OPTIONS)
+  n = len(docs)
+  for kind, p in cfg.mix.items():
+    share = sum(d.kind == kind for d in docs) / n
+    assert abs(share - p) < 4 * np.sqrt(p * (1 - p) / n), (kind, share, p)
+  # The search budget is 1 + Geometric(continue_prob), at least 2: mean attempts when no
+  # attempt hits early, bounded by the hit-free expectation.
+  geometric_mean = sum(min(max(k, 2), cfg.max_attempts) * (1 - cfg.continue_prob)
+                       * cfg.continue_prob**(k - 1) for k in range(1, 60))
+  searches = [d.attempts for d in docs if d.kind == "search"]
+  assert 1 <= np.mean(searches) <= geometric_mean + 0.1
+
+
+def test_deterministic_from_seed():
+  a = corpus.corpus_documents(200, seed=7, task_options=OPTIONS)
+  b = corpus.corpus_documents(200, seed=7, task_options=OPTIONS)
+  c = corpus.corpus_documents(200, seed=8, task_options=OPTIONS)
+  assert [d.text for d in a] == [d.text for d in b]
+  assert [d.text for d in a] != [d.text for d in c]
+
+
+def test_no_test_split_problem_in_the_corpus(docs):
+  task = get_task("countdown", **OPTIONS)
+  test_keys = {(tuple(sorted(p.meta["numbers"])), p.meta["target"])
+               for p in task.split("test", seed=3)}
+  corpus_keys = {(tuple(sorted(d.problem.meta["numbers"])), d.problem.meta["target"])
+                 for d in docs}
+  assert len(test_keys) == 128 and len(corpus_keys) > 300
+  assert not test_keys & corpus_keys
+
+
+def _brute_force_values(numbers):
+  """Every value reachable by combining all numbers pairwise with + - * / and positive integer
+  intermediates (an independent re-derivation of all_attempts' value set)."""
+  if len(numbers) == 1:
+    return {numbers[0]}
+  out = set()
+  for i, j in itertools.combinations(range(len(numbers)), 2):
+    a, b = max(numbers[i], numbers[j]), min(numbers[i], numbers[j])
+    rest = [n for k, n in enumerate(numbers) if k not in (i, j)]
+    for r in (a + b, a * b, a - b if a > b else None, a // b if a % b == 0 else None):
+      if r is not None:
+        out |= _brute_force_values(rest + [r])
+  return out
+
+
+@pytest.mark.parametrize("numbers", [(3, 5, 9), (2, 2, 8), (1, 7, 7), (4, 6, 10), (2, 3, 4, 6)])
+def test_all_attempts_match_brute_force(numbers):
+  atts = corpus.all_attempts(numbers)
+  assert {a.value for a in atts} == _brute_force_values(list(numbers))
+  for a in atts:
+    value, used = evaluate(a.expression)
+    assert value == a.value and sorted(used) == sorted(numbers)
+  assert len({a.expression for a in atts}) == len(atts)
+
+
+def test_correct_traces_verify_and_are_well_formed():
+  problems = get_task("countdown", **{**OPTIONS, "num_train": 200}).split("train", 0)
+  for style in ("long", "short"):
+    pairs = corpus.correct_traces(problems, seed=1, style=style)
+    assert len(pairs) == len(problems)
+    for (prompt, completion), p in zip(pairs, problems):
+      assert prompt == p.question + "\n<think>"
+      assert rewards.countdown_reward(PREFIX + completion, p) == 1.0, completion
+      assert rewards.format_reward(completion, prefix=PREFIX) == 1.0, completion
+  long = corpus.correct_traces(problems[:50], seed=1, style="long")
+  assert np.mean([len(c) for _, c in long]) > 100
+  with pytest.raises(ValueError, match="style"):
+    corpus.correct_traces(problems, style="medium")
+
+
+def test_bad_config_is_named():
+  with pytest.raises(ValueError, match="continue_prob"):
+    corpus.CorpusConfig(continue_prob=1.0)
+  with pytest.raises(ValueError, match="mix weights"):
+    corpus.CorpusConfig(single=-1)
+  with pytest.raises(ValueError, match="kind"):
+    corpus.make_document(None, "perfect", corpus.CorpusConfig(), None)
+
+
+def test_batches_are_the_sampler_layout():
+  tok = CharTokenizer()
+  docs = corpus.corpus_documents(100, seed=0, task_options=OPTIONS)
+  enc = corpus.encode_documents(docs, tok)
+  batches = corpus.length_grouped_batches([len(e[0]) for e in enc], 16, seed=0)
+  assert len(batches) == 6  # 100 // 16, the partial batch dropped
+  flat = np.concatenate(batches)
+  assert len(set(flat.tolist())) == len(flat)
+  assert [b.tolist() for b in batches] == [
+      b.tolist() for b in corpus.length_grouped_batches([len(e[0]) for e in enc], 16, seed=0)]
+  batch = corpus.pad_batch(enc, batches[0], tok.pad_id, loss_on_prompt=False, multiple=64)
+  assert batch["tokens"].shape[1] % 64 == 0
+  for row, i in enumerate(batches[0]):
+    ids, n_prompt = enc[i]
+    assert ids[0] == tok.bos_id and ids[-1] == tok.eos_id
+    assert tok.decode(ids) == docs[i].text
+    assert batch["mask"][row].sum() == len(ids)
+    assert batch["loss_mask"][row].sum() == len(ids) - n_prompt
+    assert tok.decode(ids[n_prompt:]) == docs[i].completion
+  with pytest.raises(ValueError, match="max_length"):
+    corpus.encode_documents(docs, tok, max_length=10)
+
+
+def test_hit_bias_makes_searches_guess_the_target():
+  always = corpus.CorpusConfig(single=0, search=1, give_up=0, malformed=0, hit_bias=1.0)
+  docs = corpus.corpus_documents(200, seed=0, cfg=always, task_options=OPTIONS)
+  assert all(d.correct and d.attempts == 1 for d in docs)
+  never = corpus.CorpusConfig(single=0, search=1, give_up=0, malformed=0, hit_bias=0.0)
+  docs = corpus.corpus_documents(1000, seed=0, cfg=never, task_options=OPTIONS)
+  first_hit = np.mean([": yes." in d.completion.split(" try ")[0] for d in docs])
+  # Unbiased first attempts hit about as often as a random attempt does.
+  expected = np.mean([corpus.hit_rate(d.problem) for d in docs])
+  assert abs(first_hit - expected) < 0.05 and first_hit < 0.3

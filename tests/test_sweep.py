@@ -1,0 +1,91 @@
+"""experiments/sweep.py: grid expansion, command lines, and plots of fake runs' metrics."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "experiments"))
+import sweep  # noqa: E402  pylint: disable=wrong-import-position
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_expand_grid_is_the_cartesian_product_first_axis_slowest():
+  points = sweep.expand_grid(["num_generations=2,4,8", "--beta=0,0.04"])
+  assert points == [{"num_generations": g, "beta": b} for g in ("2", "4", "8")
+                    for b in ("0", "0.04")]
+  assert sweep.expand_grid([]) == [{}]
+  assert sweep.run_name(points[1]) == "num_generations=2,beta=0.04"
+  assert sweep.run_name({}) == "base"
+  assert sweep.run_name({"stop_strings": "</answer>"}) == "stop_strings=__answer_"
+
+
+@pytest.mark.parametrize("bad", ["beta", "beta=", "beta=0,,1", "=1,2", "be ta=1"])
+def test_bad_axis_is_named(bad):
+  with pytest.raises(ValueError, match="--grid"):
+    sweep.expand_grid([bad])
+
+
+def test_a_flag_named_twice_is_an_error():
+  with pytest.raises(ValueError, match="twice"):
+    sweep.expand_grid(["beta=0", "beta=0.1"])
+
+
+def test_command_puts_the_point_last():
+  cmd = sweep.command({"beta": "0"}, "runs/x", "base.flags", ["--max_steps=5", "--beta=1"],
+                      "r1_zero.py")
+  assert cmd[1:] == ["r1_zero.py", "--flagfile=base.flags", "--workdir=runs/x",
+                     "--max_steps=5", "--beta=1", "--beta=0"]
+
+
+def _fake_run(workdir, slope, steps=10):
+  os.makedirs(workdir)
+  with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
+    for s in range(1, steps + 1):
+      f.write(json.dumps({"step": s, "accuracy": slope * s, "completion_length_mean": 10 + s,
+                          "reflection_rate": 0.1, "reward_mean": slope * s}) + "\n")
+      f.write(json.dumps({"step": s, "eval/pass@1": 0.0}) + "\n")  # runner's mirrored evals
+  with open(os.path.join(workdir, "eval_metrics.jsonl"), "w") as f:
+    for s in (0, 5, 10):
+      f.write(json.dumps({"step": s, "pass@1": slope * s, "cons@k": 0.0}) + "\n")
+
+
+def test_curves_and_plots_from_fake_metrics(tmp_path):
+  runs = {"a": str(tmp_path / "a"), "b": str(tmp_path / "b"), "missing": str(tmp_path / "m")}
+  _fake_run(runs["a"], 0.01)
+  _fake_run(runs["b"], 0.05)
+  acc = sweep.curves(runs, "eval_metrics.jsonl", "pass@1")
+  assert set(acc) == {"a", "b"}  # a run with no metrics is left out
+  assert acc["b"] == ([0, 5, 10], [0.0, 0.25, 0.5])
+  length = sweep.curves(runs, "metrics.jsonl", "completion_length_mean")
+  assert length["a"][0] == list(range(1, 11))  # only rows that have the key
+  # Smoothed over a window of max(1, 10 // 20) = 1: the raw values.
+  assert length["a"][1] == [10.0 + s for s in range(1, 11)]
+  paths = sweep.plot_sweep(runs, str(tmp_path / "plots"))
+  names = sorted(os.path.basename(p) for p in paths)
+  assert names == ["accuracy.png", "completion_length_mean.png", "pass_1.png",
+                   "reflection_rate.png", "reward_mean.png"]
+  assert all(os.path.getsize(p) > 5000 for p in paths)
+  summary = sweep.summarize(runs)
+  assert summary["b"]["pass@1"] == {"first": 0.0, "last": 0.5}
+  assert summary["missing"] == {}
+
+
+def test_cli_plot_only_and_bad_grid(tmp_path):
+  root = tmp_path / "sweep"
+  _fake_run(str(root / "beta=0"), 0.02)
+  _fake_run(str(root / "beta=0.04"), 0.03)
+  run = lambda *a: subprocess.run([sys.executable, os.path.join(REPO, "experiments", "sweep.py"),
+                                   f"--root={root}", *a], capture_output=True, text=True,
+                                  timeout=120, cwd=REPO)
+  ok = run("--grid=beta=0,0.04", "--plot_only")
+  assert ok.returncode == 0, ok.stderr[-2000:]
+  assert os.path.exists(root / "pass_1.png")
+  summary = json.load(open(root / "summary.json"))
+  assert summary["runs"]["beta=0.04"]["pass@1"]["last"] == pytest.approx(0.3)
+  bad = run("--grid=beta")
+  assert bad.returncode != 0 and "--grid='beta'" in bad.stderr
