@@ -39,6 +39,8 @@ flags.DEFINE_string("template", "compact", "Prompt template: r1_zero | plain | c
 flags.DEFINE_integer("num_train_problems", 0, "Cap on training problems (0: the whole split).")
 flags.DEFINE_float("format_weight", 1.0, "Weight of the format reward.")
 flags.DEFINE_float("accuracy_weight", 1.0, "Weight of the accuracy reward.")
+flags.DEFINE_float("language_weight", 0.0, "Weight of the language-consistency reward "
+                   "(R1 §2.3.2; share of the chain of thought in the target language).")
 flags.DEFINE_float("reward_timeout_s", 5.0, "Per-completion reward time limit; over it scores 0.")
 # -- GRPO loss (TRL GRPOConfig names) --------------------------------------------------------------
 flags.DEFINE_float("beta", 0.04, "KL coefficient (Eq. 1); 0 computes no reference pass.")

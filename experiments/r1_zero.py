@@ -20,6 +20,7 @@ import common  # noqa: F401  (defines the shared flags; adds the repo to sys.pat
 import jax  # noqa: E402
 
 from r1jax import eval as r1eval  # noqa: E402
+from r1jax import language  # noqa: E402,F401  (registers language_consistency)
 from r1jax import rewards, runner, tasks, trainer  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -39,8 +40,9 @@ def build_task():
 
 
 def build_reward_fn(task):
+  extra = (("language_consistency", FLAGS.language_weight),) if FLAGS.language_weight else ()
   cfg = rewards.RewardConfig(format_weight=FLAGS.format_weight,
-                             accuracy_weight=FLAGS.accuracy_weight,
+                             accuracy_weight=FLAGS.accuracy_weight, extra=extra,
                              timeout_s=FLAGS.reward_timeout_s)
   prefix = tasks.completion_prefix(FLAGS.template)
   return functools.partial(rewards.score_completions, reward_kind=task.reward_kind, config=cfg,
