@@ -40,6 +40,47 @@ FLAGS = flags.FLAGS
 log = logging.getLogger("r1jax")
 
 # --language_weight is a shared flag of experiments/common.py.
+flags.DEFINE_string("language", "en", "Target language of the chain of thought (a code of "
+                    "r1jax.language.LANGUAGE_SCRIPTS or a script name).")
+flags.DEFINE_enum("language_vocabulary", "auto", ["auto", "none", "cold_start"],
+                  "Target-language words: 'cold_start' = the words of the cold-start traces "
+                  "(the char-level miniature), 'none' = script detection only, 'auto' = "
+                  "cold_start for the char tokenizer, else none.")
+flags.DEFINE_string("language_vocabulary_data", "", "JSONL of readable traces whose chain-of-"
+                    "thought words are the vocabulary (default: the cold-start traces); e.g. the "
+                    "sft_data.jsonl a teacher was trained on.")
+# -- SFT stages --------------------------------------------------------------------------------
+flags.DEFINE_string("cold_start_data", "", "JSONL (prompt, completion) of cold-start traces; "
+                    "default: r1jax.corpus.correct_traces of the training problems.")
+flags.DEFINE_integer("cold_start_num_examples", 256, "Cold-start traces generated.")
+flags.DEFINE_string("cold_start_style", "long", "corpus.correct_traces style.")
+flags.DEFINE_float("cold_start_epochs", 2.0, "Epochs of cold-start SFT.")
+flags.DEFINE_integer("sft_batch_size", 16, "SFT batch size.")
+flags.DEFINE_float("sft_learning_rate", 1e-3, "SFT AdamW learning rate.")
+flags.DEFINE_enum("sft_lr_scheduler_type", "cosine", ["constant", "linear", "cosine"],
+                  "SFT schedule after warm-up.")
+flags.DEFINE_integer("sft_warmup_steps", 10, "SFT warm-up steps.")
+flags.DEFINE_float("sft_weight_decay", 0.0, "SFT AdamW weight decay.")
+flags.DEFINE_integer("sft_max_completion_length", 0, "SFT completion tokens (0: "
+                     "--max_completion_length).")
+flags.DEFINE_integer("sft_max_steps", 0, "Cap on each SFT stage's steps (0: from epochs).")
+# -- rejection sampling --------------------------------------------------------------------------
+flags.DEFINE_integer("rejection_num_prompts", 256, "Training prompts sampled in stage 3.")
+flags.DEFINE_integer("rejection_num_samples", 8, "Samples per prompt.")
+flags.DEFINE_float("rejection_temperature", 1.0, "Sampling temperature of rejection sampling.")
+flags.DEFINE_float("rejection_top_p", 1.0, "Top-p of rejection sampling.")
+flags.DEFINE_float("rejection_min_language_score", 0.95, "Minimum language consistency.")
+flags.DEFINE_integer("rejection_max_per_prompt", 4, "Distinct completions kept per prompt.")
+flags.DEFINE_integer("rejection_max_paragraph_chars", 0, "Drop CoTs with a longer paragraph.")
+flags.DEFINE_float("rejection_sft_epochs", 2.0, "Epochs of SFT on the rejection samples "
+                   "(the paper: two).")
+flags.DEFINE_enum("rejection_sft_init", "base", ["base", "cold_start", "reasoning_rl"],
+                  "Policy stage 3 fine-tunes (the paper: the base model).")
+flags.DEFINE_bool("rejection_include_cold_start", False, "Add the cold-start traces to the "
+                  "stage-3 SFT data.")
+# -- final RL ------------------------------------------------------------------------------------
+flags.DEFINE_integer("final_rl_max_steps", 0, "GRPO steps of stage 4 (0: --max_steps).")
+flags.DEFINE_float("final_rl_learning_rate", 0.0, "Stage-4 learning rate (0: --learning_rate).")
 
 STAGES = ("0_base", "1_cold_start_sft", "2_reasoning_rl", "3_rejection_sft", "4_final_rl")
 
