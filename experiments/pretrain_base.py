@@ -41,13 +41,14 @@ flags.DEFINE_list("model_overrides", [], "ModelConfig fields over --model_preset
 flags.DEFINE_integer("batch_size", 32, "Documents per optimizer step.")
 flags.DEFINE_integer("max_length", 512, "Longest document in tokens (longer ones are an error).")
 flags.DEFINE_bool("loss_on_prompt", True, "Score the question tokens too (plain pretraining).")
-flags.DEFINE_float("mix_single", 0.5, "Corpus share: one unchecked attempt.")
+flags.DEFINE_float("mix_single", 0.4, "Corpus share: one unchecked attempt.")
 flags.DEFINE_float("mix_search", 0.35, "Corpus share: checked attempts until a hit or budget.")
 flags.DEFINE_float("mix_give_up", 0.1, "Corpus share: checked misses, then giving up.")
 flags.DEFINE_float("mix_malformed", 0.05, "Corpus share: damaged tags.")
+flags.DEFINE_float("mix_drill", 0.1, "Corpus share: arithmetic and comparison practice.")
 flags.DEFINE_float("continue_prob", 0.5, "Search: chance of another attempt after a miss.")
 flags.DEFINE_integer("max_attempts", 8, "Search: attempts at most.")
-flags.DEFINE_float("hit_bias", 0.25, "Search: chance that an attempt is a good guess.")
+flags.DEFINE_float("hit_bias", 0.0, "Search: chance that an attempt is a good guess.")
 flags.DEFINE_integer("log_every", 10, "Log the loss every this many steps.")
 flags.DEFINE_float("time_limit_s", 0, "Stop pretraining after this many seconds (0: none); the "
                    "README records the steps done. A guard for time-boxed GPU calls: a run cut "
@@ -98,6 +99,7 @@ def make_optimizer():
 def corpus_config() -> corpus.CorpusConfig:
   return corpus.CorpusConfig(single=FLAGS.mix_single, search=FLAGS.mix_search,
                              give_up=FLAGS.mix_give_up, malformed=FLAGS.mix_malformed,
+                             drill=FLAGS.mix_drill,
                              continue_prob=FLAGS.continue_prob, max_attempts=FLAGS.max_attempts,
                              hit_bias=FLAGS.hit_bias,
                              template=FLAGS.template)
@@ -172,7 +174,7 @@ def main(argv):
   encoded = corpus.encode_documents(docs, tokenizer, max_length=FLAGS.max_length)
   batches = corpus.length_grouped_batches([len(e[0]) for e in encoded], FLAGS.batch_size,
                                           FLAGS.seed)
-  doc_acc = float(np.mean([d.correct for d in docs]))
+  doc_acc = float(np.mean([d.correct for d in docs if d.problem is not None]))
   tokens_total = sum(len(e[0]) for e in encoded)
   logging.info("corpus: %d documents, %d tokens, %.1f%% solve their problem (%s)", n_docs,
                tokens_total, 100 * doc_acc, corpus_config().mix)

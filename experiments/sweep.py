@@ -17,6 +17,7 @@ import itertools
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -87,21 +88,33 @@ def run_all(commands: dict[str, list[str]], root: str, parallel: int,
   """Runs the commands, `parallel` at a time, each logging to <root>/<name>.log; returns the
   exit codes by name."""
   pending, running, codes = list(commands.items()), {}, {}
-  while pending or running:
-    while pending and len(running) < parallel:
-      name, cmd = pending.pop(0)
-      log = open(os.path.join(root, f"{name}.log"), "a")  # pylint: disable=consider-using-with
-      print(f"[sweep] start {name}: {' '.join(cmd)}", flush=True)
-      running[name] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env),
-                       log, time.time())
-    for name, (proc, log, t0) in list(running.items()):
-      if proc.poll() is not None:
-        log.close()
-        codes[name] = proc.returncode
-        print(f"[sweep] done {name}: exit {proc.returncode} in {time.time() - t0:.0f}s",
-              flush=True)
-        del running[name]
-    time.sleep(0.2)
+  try:
+    while pending or running:
+      while pending and len(running) < parallel:
+        name, cmd = pending.pop(0)
+        log = open(os.path.join(root, f"{name}.log"), "a")  # pylint: disable=consider-using-with
+        print(f"[sweep] start {name}: {' '.join(cmd)}", flush=True)
+        running[name] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env),
+                         log, time.time())
+      for name, (proc, log, t0) in list(running.items()):
+        if proc.poll() is not None:
+          log.close()
+          codes[name] = proc.returncode
+          print(f"[sweep] done {name}: exit {proc.returncode} in {time.time() - t0:.0f}s",
+                flush=True)
+          del running[name]
+      time.sleep(0.2)
+  finally:  # interrupted (e.g. a time limit): stop the runs still going, politely first
+    for name, (proc, log, _) in running.items():
+      proc.send_signal(signal.SIGINT)
+    for name, (proc, log, _) in running.items():
+      try:
+        proc.wait(timeout=30)
+      except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+      log.close()
+      print(f"[sweep] stopped {name}", flush=True)
   return codes
 
 

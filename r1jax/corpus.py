@@ -15,6 +15,10 @@ A model pretrained here must have the same three properties, so each document is
                 try 3*5=15, 15-1=14, check 14 vs 14: yes.</think> <answer>(3*5)-1</answer>"
   give_up    checked misses, then "give up." and no answer or the last miss
   malformed  a single or search completion with its tags damaged (no </think>, or no <answer>)
+  drill      no problem: "Check.\n" then steps with checks whose verdicts are yes half the time
+               " 7*6=42, check 42 vs 24: no. 9-4=5, check 5 vs 5: yes. ..."
+             (arithmetic and comparison practice, as pretraining text has; in task documents a
+             "yes" is rare, too rare for a small model to learn to compare from them alone)
 
 Every step's arithmetic is correct (so the model learns to compute and to compare with the
 target); only the *choice* of attempts is random. A check writes the result and the target side
@@ -41,7 +45,8 @@ import numpy as np
 
 from r1jax.tasks import Problem, format_prompt, get_task, verify_equation
 
-KINDS = ("single", "search", "give_up", "malformed")
+KINDS = ("single", "search", "give_up", "malformed", "drill")
+DRILL_PROMPT = "Check.\n"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -154,27 +159,33 @@ class CorpusConfig:
   (`malformed_single` of them) or a search completion.
   """
 
-  single: float = 0.5
+  single: float = 0.4
   search: float = 0.35
   give_up: float = 0.1
   malformed: float = 0.05
+  drill: float = 0.1
   continue_prob: float = 0.5
   max_attempts: int = 8
   # Chance that a search's next attempt is a good guess (one that reaches the target), as a
   # solver with some number sense makes; it also gives the "yes" verdicts of the checks enough
   # weight for a small model to learn to compare the result with the target.
-  hit_bias: float = 0.25
+  hit_bias: float = 0.0
+  drill_items: int = 8
+  drill_max_number: int = 12
   malformed_single: float = 0.5
   template: str = "compact"
 
   def __post_init__(self):
-    weights = [self.single, self.search, self.give_up, self.malformed]
+    weights = [self.single, self.search, self.give_up, self.malformed, self.drill]
     if min(weights) < 0 or sum(weights) <= 0:
       raise ValueError(f"CorpusConfig mix weights must be >= 0 with a positive sum, got {weights}")
     if not 0 <= self.continue_prob < 1:
       raise ValueError(f"continue_prob={self.continue_prob} must be in [0, 1)")
     if self.max_attempts < 1:
       raise ValueError(f"max_attempts={self.max_attempts} must be >= 1")
+    if self.drill_items < 1 or self.drill_max_number < 1:
+      raise ValueError(f"drill_items={self.drill_items} and drill_max_number="
+                       f"{self.drill_max_number} must be >= 1")
     if not 0 <= self.hit_bias <= 1:
       raise ValueError(f"hit_bias={self.hit_bias} must be in [0, 1]")
     if not 0 <= self.malformed_single <= 1:
@@ -182,16 +193,16 @@ class CorpusConfig:
 
   @property
   def mix(self) -> dict[str, float]:
-    w = [self.single, self.search, self.give_up, self.malformed]
+    w = [self.single, self.search, self.give_up, self.malformed, self.drill]
     return {k: v / sum(w) for k, v in zip(KINDS, w)}
 
 
 @dataclasses.dataclass(frozen=True)
 class Document:
   """One pretraining document. `correct`: its answer verifies (accuracy reward 1);
-  `formatted`: its tags are well formed (format reward 1)."""
+  `formatted`: its tags are well formed (format reward 1). Drills have no problem."""
 
-  problem: Problem
+  problem: Optional[Problem]
   kind: str
   prompt: str
   completion: str
@@ -251,10 +262,35 @@ def _give_up(problem, cfg, rng):
   return " " + " ".join(parts + ["give up."]), answer, len(misses)
 
 
+def _near(value: int, rng: random.Random) -> int:
+  """A number easy to mistake for `value`: off by a little, digits swapped, or any small one."""
+  options = [value + rng.choice((-2, -1, 1, 2)), int(str(value)[::-1]), rng.randint(1, 60)]
+  out = rng.choice(options)
+  return out if out != value and out > 0 else value + 1
+
+
+def drill_document(cfg: CorpusConfig, rng: random.Random) -> Document:
+  """Random steps x op y = r (x, y <= drill_max_number, or a previous result), each checked
+  against a number equal to r half the time."""
+  items, last = [], None
+  for _ in range(cfg.drill_items):
+    x = last if last is not None and rng.random() < 0.5 else rng.randint(1, cfg.drill_max_number)
+    y = rng.randint(1, cfg.drill_max_number)
+    x, y = max(x, y), min(x, y)
+    op = rng.choice(valid_ops(x, y))
+    r = _apply(op, x, y)
+    other = r if rng.random() < 0.5 else _near(r, rng)
+    items.append(f"{x}{op}{y}={r}, check {r} vs {other}: {'yes' if other == r else 'no'}.")
+    last = r if r < 100 else None
+  return Document(None, "drill", DRILL_PROMPT, " " + " ".join(items), 0, False, False)
+
+
 def make_document(problem: Problem, kind: str, cfg: CorpusConfig, rng: random.Random) -> Document:
-  """One document of `kind` for a Countdown `problem` (meta numbers/target)."""
+  """One document of `kind` for a Countdown `problem` (meta numbers/target; unused by drills)."""
   if kind not in KINDS:
     raise ValueError(f"kind={kind!r}; expected one of {KINDS}")
+  if kind == "drill":
+    return drill_document(cfg, rng)
   if kind == "single":
     think, answer, n = _single(problem, rng)
   elif kind == "search":

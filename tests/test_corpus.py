@@ -25,6 +25,9 @@ def docs():
 
 def test_labels_agree_with_the_reward_functions(docs):
   for d in docs:
+    if d.kind == "drill":
+      assert d.problem is None and d.prompt == corpus.DRILL_PROMPT and not d.correct
+      continue
     assert d.prompt.endswith("\n<think>")
     acc = rewards.countdown_reward(PREFIX + d.completion, d.problem)
     fmt = rewards.format_reward(d.completion, prefix=PREFIX)
@@ -50,7 +53,7 @@ def test_every_written_step_is_correct_arithmetic(docs):
 
 
 def test_checks_compare_the_result_with_the_target(docs):
-  for d in docs:
+  for d in (d for d in docs if d.kind != "drill"):
     target = d.problem.meta["target"]
     checks = re.findall(r"=(\d+), check (\d+) vs (\d+): (yes|no)\.", d.completion)
     assert len(checks) == (0 if d.kind == "single" else d.attempts) or d.kind == "malformed"
@@ -67,7 +70,7 @@ def test_checks_compare_the_result_with_the_target(docs):
 
 
 def test_mix_ratios_are_as_configured():
-  cfg = corpus.CorpusConfig(single=0.5, search=0.3, give_up=0.15, malformed=0.05)
+  cfg = corpus.CorpusConfig(single=0.4, search=0.3, give_up=0.15, malformed=0.05, drill=0.1)
   docs = corpus.corpus_documents(4000, seed=0, cfg=cfg, task_options=OPTIONS)
   n = len(docs)
   for kind, p in cfg.mix.items():
@@ -94,7 +97,7 @@ def test_no_test_split_problem_in_the_corpus(docs):
   test_keys = {(tuple(sorted(p.meta["numbers"])), p.meta["target"])
                for p in task.split("test", seed=3)}
   corpus_keys = {(tuple(sorted(d.problem.meta["numbers"])), d.problem.meta["target"])
-                 for d in docs}
+                 for d in docs if d.problem is not None}
   assert len(test_keys) == 128 and len(corpus_keys) > 300
   assert not test_keys & corpus_keys
 
@@ -172,12 +175,27 @@ def test_batches_are_the_sampler_layout():
 
 
 def test_hit_bias_makes_searches_guess_the_target():
-  always = corpus.CorpusConfig(single=0, search=1, give_up=0, malformed=0, hit_bias=1.0)
+  always = corpus.CorpusConfig(single=0, search=1, give_up=0, malformed=0, drill=0,
+                               hit_bias=1.0)
   docs = corpus.corpus_documents(200, seed=0, cfg=always, task_options=OPTIONS)
   assert all(d.correct and d.attempts == 1 for d in docs)
-  never = corpus.CorpusConfig(single=0, search=1, give_up=0, malformed=0, hit_bias=0.0)
+  never = corpus.CorpusConfig(single=0, search=1, give_up=0, malformed=0, drill=0,
+                              hit_bias=0.0)
   docs = corpus.corpus_documents(1000, seed=0, cfg=never, task_options=OPTIONS)
   first_hit = np.mean([": yes." in d.completion.split(" try ")[0] for d in docs])
   # Unbiased first attempts hit about as often as a random attempt does.
   expected = np.mean([corpus.hit_rate(d.problem) for d in docs])
   assert abs(first_hit - expected) < 0.05 and first_hit < 0.3
+
+
+def test_drills_check_half_of_their_steps_right():
+  cfg = corpus.CorpusConfig(single=0, search=0, give_up=0, malformed=0, drill=1)
+  docs = corpus.corpus_documents(300, seed=2, cfg=cfg, task_options=OPTIONS)
+  verdicts = []
+  for d in docs:
+    items = re.findall(r"(\d+)[-+*/]\d+=(\d+), check (\d+) vs (\d+): (yes|no)\.", d.completion)
+    assert len(items) == cfg.drill_items
+    for _, r, restated, other, v in items:
+      assert r == restated and (v == "yes") == (other == r)
+      verdicts.append(v == "yes")
+  assert abs(np.mean(verdicts) - 0.5) < 0.05

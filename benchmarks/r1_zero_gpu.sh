@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# R1-Zero in miniature on one GPU: pretrain the medium (~25M) base model on the procedural
+# Countdown corpus, run GRPO from it for several seeds at once, and collect the curves.
+#
+#   bash benchmarks/r1_zero_gpu.sh            # one H100: pretrain (~3 min) + 3 seeds of RL in
+#                                             # parallel (~5 min); results into $OUT
+#   bash benchmarks/r1_zero_gpu.sh --small    # CPU check of the logic with tiny budgets (~3 min)
+#
+# Environment (all optional): STAGE=all|pretrain|rl, SEEDS="0 1 2", PARALLEL (default: number of
+# seeds), RL_STEPS, PRETRAIN_STEPS, PRETRAIN_TIME_S (a guard: pretraining stops there),
+# RL_TIME_S (a guard: RL is interrupted there and the curves drawn from what was logged),
+# BASE (checkpoint dir), ROOT (run dirs), OUT (where results are copied; the device tool's $OUT).
+# STAGE=rl reuses BASE from an earlier STAGE=pretrain on the same machine.
+#
+# What comes back in $OUT (at most 8 files, so that the device tool returns all of them):
+#   summary.json     first/last held-out pass@1, response length, reflection rate per seed
+#   pass_1.png completion_length_mean.png reflection_rate.png   the seeds on shared axes
+#   results.tar.gz   every seed's metrics.jsonl, eval_metrics.jsonl, plots and eval samples,
+#                    the base model's README.md, loss curve and samples
+#   log.txt          this script's output
+# Missing on the GPU image (KINDS.md): tensorboardX and math-verify. Carry them as wheels in
+# .whl/ (see docs/r1_zero_cpu.md); this script installs them from there when present.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SMALL=0
+if [[ "${1:-}" == "--small" ]]; then SMALL=1; fi
+PY=${PYTHON:-python3}
+STAGE=${STAGE:-all}
+SEEDS=${SEEDS:-"0 1 2"}
+read -r -a SEED_ARR <<< "$SEEDS"
+PARALLEL=${PARALLEL:-${#SEED_ARR[@]}}
+OUT=${OUT:-runs/r1_zero_gpu_out}
+mkdir -p "$OUT"
+exec > >(tee -a "$OUT/log.txt") 2>&1
+export PYTHONUNBUFFERED=1
+
+if [[ -d .whl ]] && ! "$PY" -c "import tensorboardX, math_verify" 2>/dev/null; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+"$PY" -c "import jax, tensorboardX, math_verify; print('JAX', jax.__version__, jax.devices())" || {
+  echo "missing Python packages: carry tensorboardX and math-verify wheels in .whl/" >&2; exit 2; }
+
+TASK_OPTIONS="min_count=3,max_count=3,max_number=10,max_target=50,question_style=short,num_test=200"
+if [[ $SMALL == 1 ]]; then
+  BASE=${BASE:-runs/r1_zero_gpu_small/base}
+  ROOT=${ROOT:-runs/r1_zero_gpu_small}
+  PRETRAIN_FLAGS=(--model_preset=tiny --max_steps="${PRETRAIN_STEPS:-30}" --batch_size=8
+                  --eval_num_problems=4 --eval_num_samples=2 --max_completion_length=64)
+  RL_FLAGS=(--max_steps="${RL_STEPS:-3}" --prompts_per_step=2 --num_generations=4
+            --max_completion_length=64 --eval_steps=2 --eval_num_problems=4
+            --eval_num_samples=2 --eval_batch_size=4 --dtype=float32 --save_steps=2)
+  RL_TIME_S=${RL_TIME_S:-300}
+else
+  BASE=${BASE:-runs/r1_zero_gpu/base_medium}
+  ROOT=${ROOT:-runs/r1_zero_gpu}
+  # ~25M parameters, 5000 x 64 documents (~30M tokens); bf16 compute, fp32 master weights.
+  PRETRAIN_FLAGS=(--model_preset=medium --max_steps="${PRETRAIN_STEPS:-5000}" --batch_size=64
+                  --learning_rate=1e-3 --warmup_steps=200 --dtype=bfloat16
+                  --time_limit_s="${PRETRAIN_TIME_S:-170}" --log_every=100
+                  --eval_num_problems=128 --eval_num_samples=16 --eval_batch_size=128
+                  --max_completion_length=384)
+  RL_FLAGS=(--max_steps="${RL_STEPS:-150}")
+  RL_TIME_S=${RL_TIME_S:-330}
+fi
+
+t0=$(date +%s)
+if [[ $STAGE == all || $STAGE == pretrain ]]; then
+  echo "== pretraining the base model into $BASE"
+  "$PY" experiments/pretrain_base.py --output_dir="$BASE" --seed=0 \
+    --task_options="$TASK_OPTIONS" --max_prompt_length=36 \
+    --mix_single=0.5 --mix_search=0.35 --mix_give_up=0.1 --mix_malformed=0.05 \
+    "${PRETRAIN_FLAGS[@]}"
+  echo "== pretraining done at $(( $(date +%s) - t0 )) s"
+fi
+
+if [[ $STAGE == all || $STAGE == rl ]]; then
+  [[ -f "$BASE/config.json" ]] || { echo "no base checkpoint at $BASE (run STAGE=pretrain)" >&2; exit 2; }
+  GRID="seed=$(IFS=,; echo "${SEED_ARR[*]}")"
+  EXTRA=(--extra=--init_checkpoint="$BASE")
+  for f in "${RL_FLAGS[@]}"; do EXTRA+=(--extra="$f"); done
+  echo "== GRPO, $GRID, $PARALLEL at a time, into $ROOT"
+  # Several small runs share the GPU: each process gets a slice of its memory.
+  MEM=$(awk -v p="$PARALLEL" 'BEGIN { printf "%.2f", (p > 1) ? 0.9 / p : 0 }')
+  set +e
+  timeout -s INT -k 20 "$RL_TIME_S" "$PY" experiments/sweep.py \
+    --base_flagfile=experiments/configs/countdown_gpu.flags --grid="$GRID" --root="$ROOT" \
+    --parallel="$PARALLEL" --mem_fraction="$MEM" "${EXTRA[@]}"
+  rc=$?
+  set -e
+  if [[ $rc != 0 ]]; then
+    echo "== sweep exited with $rc (124/130: RL_TIME_S=$RL_TIME_S reached); drawing what was logged"
+    "$PY" experiments/sweep.py --base_flagfile=experiments/configs/countdown_gpu.flags \
+      --grid="$GRID" --root="$ROOT" --plot_only
+    for s in "${SEED_ARR[@]}"; do
+      "$PY" -c "import sys; from r1jax import logs; logs.plot_run(sys.argv[1])" "$ROOT/seed=$s" || true
+    done
+  fi
+  echo "== RL done at $(( $(date +%s) - t0 )) s"
+fi
+
+# Collect: at most 8 files in $OUT.
+files=()
+for f in "$ROOT"/summary.json "$ROOT"/pass_1.png "$ROOT"/completion_length_mean.png \
+         "$ROOT"/reflection_rate.png; do
+  [[ -f $f ]] && cp "$f" "$OUT/" && files+=("$f")
+done
+tar_items=()
+for p in "$BASE"/README.md "$BASE"/loss.png "$BASE"/samples.jsonl "$BASE"/pretrain_metrics.jsonl \
+         "$ROOT"/*.log "$ROOT"/seed=*/metrics.jsonl "$ROOT"/seed=*/eval_metrics.jsonl \
+         "$ROOT"/seed=*/*.png "$ROOT"/seed=*/samples; do
+  [[ -e $p ]] && tar_items+=("$p")
+done
+if (( ${#tar_items[@]} )); then tar czf "$OUT/results.tar.gz" "${tar_items[@]}"; fi
+if [[ -f "$ROOT/summary.json" ]]; then
+  "$PY" - "$ROOT/summary.json" <<'PY'
+import json, sys
+runs = json.load(open(sys.argv[1]))["runs"]
+for name, m in runs.items():
+  row = [f"{name:>8}"]
+  for key in ("pass@1", "completion_length_mean", "reflection_rate"):
+    if key in m:
+      row.append(f"{key} {m[key]['first']:.3f} -> {m[key]['last']:.3f}")
+  print("  ".join(row))
+PY
+fi
+echo "== total $(( $(date +%s) - t0 )) s; results in $OUT"

@@ -1,0 +1,104 @@
+"""End to end: the README's first command (experiments/r1_zero.py with countdown_tiny.flags),
+shortened to two steps of a tiny model: outputs, resume, and clear errors for bad flags."""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import pytest
+
+from r1jax import hf, model
+from r1jax.config import get_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FLAGFILE = os.path.join(REPO, "experiments", "configs", "countdown_tiny.flags")
+SCRIPT = os.path.join(REPO, "experiments", "r1_zero.py")
+# Shrinks the default run to seconds; everything else comes from the flagfile.
+SHORT = ["--max_steps=2", "--save_steps=1", "--prompts_per_step=2", "--num_generations=2",
+         "--max_completion_length=12", "--eval_num_problems=3", "--eval_num_samples=2",
+         "--eval_batch_size=2", "--eval_steps=1"]
+
+
+def _run(args, cwd=REPO, timeout=240):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+  return subprocess.run([sys.executable, SCRIPT, f"--flagfile={FLAGFILE}", *args], cwd=cwd,
+                        env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _flagfile_values():
+  out = {}
+  with open(FLAGFILE) as f:
+    for line in f:
+      line = line.strip()
+      if line.startswith("--"):
+        k, _, v = line[2:].partition("=")
+        out[k] = v
+  return out
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+  path = str(tmp_path_factory.mktemp("base"))
+  config = get_config("tiny", bos_token_id=1, eos_token_id=2, pad_token_id=0)
+  hf.save_hf_checkpoint(path, config, model.init_params(config, jax.random.PRNGKey(0)))
+  return path
+
+
+def test_flagfile_is_the_documented_default():
+  flags = _flagfile_values()
+  assert flags["init_checkpoint"] == "checkpoints/countdown_base_tiny"
+  assert flags["workdir"] == "runs/countdown_tiny"
+  assert flags["template"] == "compact" and flags["tokenizer"] == "char"
+  assert flags["stop_strings"] == "</answer>"
+  # The committed base model the flagfile points at loads and fits the char vocabulary.
+  config = hf.load_hf_config(os.path.join(REPO, flags["init_checkpoint"]))
+  assert config.vocab_size >= 100 and config.eos_token_id == 2
+  assert os.path.getsize(os.path.join(REPO, flags["init_checkpoint"], "model.safetensors")) < 20e6
+
+
+@pytest.mark.slow
+def test_short_run_writes_everything_and_resumes(tiny_checkpoint, tmp_path):
+  workdir = str(tmp_path / "run")
+  args = SHORT + [f"--init_checkpoint={tiny_checkpoint}", f"--workdir={workdir}"]
+  first = _run(args)
+  assert first.returncode == 0, first.stderr[-3000:]
+  metrics = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  train = [m for m in metrics if "reward_mean" in m]
+  assert [m["step"] for m in train] == [1, 2]
+  assert all(0 <= m["reflection_rate"] <= 1 for m in train)
+  evals = [json.loads(l) for l in open(os.path.join(workdir, "eval_metrics.jsonl"))]
+  assert [e["step"] for e in evals] == [0, 1, 2]
+  assert all(0 <= e["pass@1"] <= 1 and e["num_problems"] == 3 for e in evals)
+  assert glob.glob(os.path.join(workdir, "tensorboard", "events.out.tfevents.*"))
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) >= ["1", "2"]
+  assert os.path.exists(os.path.join(workdir, "samples", "step_000002.jsonl"))
+  for png in ("accuracy.png", "response_length.png", "reflection.png"):
+    assert os.path.getsize(os.path.join(workdir, png)) > 1000
+
+  second = _run(args)  # same workdir, max_steps reached: resumes and does nothing
+  assert second.returncode == 0, second.stderr[-3000:]
+  assert "resumed from" in second.stderr
+  again = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert [m["step"] for m in again if "reward_mean" in m] == [1, 2]
+  assert len(open(os.path.join(workdir, "eval_metrics.jsonl")).readlines()) == 3
+
+
+@pytest.mark.parametrize("bad, named", [
+    (["--loss_type=foo"], "loss_type"),
+    (["--num_minibatches=3"], "--num_minibatches=3"),
+])
+def test_bad_flags_exit_nonzero_naming_the_flag(bad, named, tiny_checkpoint, tmp_path):
+  result = _run(SHORT + [f"--init_checkpoint={tiny_checkpoint}",
+                         f"--workdir={tmp_path / 'bad'}", *bad])
+  assert result.returncode != 0
+  assert named in result.stderr
+
+
+def test_missing_init_checkpoint_exits_nonzero_naming_the_path(tmp_path):
+  missing = str(tmp_path / "no_such_base")
+  result = _run(SHORT + [f"--init_checkpoint={missing}", f"--workdir={tmp_path / 'w'}"])
+  assert result.returncode != 0
+  assert missing in result.stderr and "--init_checkpoint" in result.stderr
