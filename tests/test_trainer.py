@@ -153,3 +153,21 @@ def test_nan_loss_stops_with_a_clear_message():
   bad = jax.tree.map(lambda p: p * np.nan, state["params"])
   with pytest.raises(FloatingPointError, match="non-finite loss"):
     t.step(dict(state, params=bad))
+
+
+def test_dynamic_sampling_replaces_groups_of_equal_rewards():
+  def half_flat_reward(completions, problems):
+    # Problems "ab" and "ef" reward every completion alike (no signal); the others vary.
+    r = np.array([1.0 if p.question in ("ab", "ef") else ord(c[0]) / 128 if c else 0.0
+                  for c, p in zip(completions, problems)], np.float32)
+    return r, {"accuracy": r}, {}
+
+  t, params = make_trainer(half_flat_reward, dynamic_sampling=True, max_resample_rounds=3)
+  state = t.init_state(params)
+  ro, position, stats = t._sample_batch(state["params"], 0, jax.random.PRNGKey(1))
+  groups = ro.rewards.reshape(-1, t.cfg.num_generations)
+  assert groups.shape == (t.cfg.prompts_per_step, t.cfg.num_generations)
+  assert np.all(groups.max(1) > groups.min(1))  # only informative groups were kept
+  assert all(p.question not in ("ab", "ef") for p in ro.problems)
+  assert position > t.cfg.prompts_per_step  # it had to sample more prompts
+  assert stats["informative_groups"] == 1.0
