@@ -55,13 +55,7 @@ def parse_args(argv=None):
   return args
 
 
-def _median_seconds(fn, repeats):
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return sorted(times)[len(times) // 2]
+from timing import median_seconds as _median_seconds  # noqa: E402
 
 
 def measure_bandwidth(mib: int, repeats: int = 5) -> float:
