@@ -87,51 +87,38 @@ def plot_run(workdir: str, out_dir: Optional[str] = None, title: str = "") -> li
     return paths
   window = max(1, len(train) // 20)
 
-  fig, ax = plt.subplots(figsize=(6, 4))
-  if train:
-    steps = [r["step"] for r in train]
-    ax.plot(steps, _smooth([r.get("accuracy", 0) for r in train], window), alpha=0.6,
-            label="train accuracy (smoothed)")
+  def smoothed(key):  # rows without the key (e.g. the eval-only row of step 0) are skipped
+    rows = [r for r in train if key in r]
+    return [r["step"] for r in rows], _smooth([r[key] for r in rows], window)
+
+  def figure(name, lines, ylabel, default_title, ylim=None):
+    """lines: [(xs, ys, label, plot kwargs)] -> <out_dir>/<name>.png."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for xs, ys, label, kw in lines:
+      ax.plot(xs, ys, label=label, **kw)
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    if ylim:
+      ax.set_ylim(*ylim)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(title or default_title)
+    fig.tight_layout()
+    paths.append(os.path.join(out_dir, f"{name}.png"))
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+
+  acc = [(*smoothed("accuracy"), "train accuracy (smoothed)", {"alpha": 0.6})] if train else []
   for key, label in (("pass@1", "held-out pass@1"), ("cons@k", "held-out cons@k")):
     pts = [(r["step"], r[key]) for r in evals if key in r]
     if pts:
-      ax.plot(*zip(*pts), marker="o", label=label)
-  ax.set_xlabel("step")
-  ax.set_ylabel("accuracy")
-  ax.set_ylim(0, 1)
-  ax.grid(alpha=0.3)
-  ax.legend()
-  ax.set_title(title or "accuracy during RL (cf. R1 paper Fig. 2)")
-  fig.tight_layout()
-  paths.append(os.path.join(out_dir, "accuracy.png"))
-  fig.savefig(paths[-1], dpi=120)
-  plt.close(fig)
-
-  fig, ax = plt.subplots(figsize=(6, 4))
-  if train:
-    ax.plot(steps, _smooth([r.get("completion_length_mean", 0) for r in train], window),
-            label="mean response length (tokens)")
-  ax.set_xlabel("step")
-  ax.set_ylabel("tokens")
-  ax.grid(alpha=0.3)
-  ax.legend()
-  ax.set_title(title or "response length during RL (cf. R1 paper Fig. 3)")
-  fig.tight_layout()
-  paths.append(os.path.join(out_dir, "response_length.png"))
-  fig.savefig(paths[-1], dpi=120)
-  plt.close(fig)
-
+      acc.append((*zip(*pts), label, {"marker": "o"}))
+  figure("accuracy", acc, "accuracy", "accuracy during RL (cf. R1 paper Fig. 2)", (0, 1))
+  length = ([(*smoothed("completion_length_mean"), "mean response length (tokens)", {})]
+            if train else [])
+  figure("response_length", length, "tokens", "response length during RL (cf. R1 paper Fig. 3)")
   if train and any("reflection_rate" in r for r in train):
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(steps, _smooth([r.get("reflection_rate", 0) for r in train], window),
-            label="share of completions that re-check or retry")
-    ax.set_xlabel("step")
-    ax.set_ylim(0, 1)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    ax.set_title(title or "reflection during RL")
-    fig.tight_layout()
-    paths.append(os.path.join(out_dir, "reflection.png"))
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    figure("reflection", [(*smoothed("reflection_rate"),
+                           "share of completions that re-check or retry", {})],
+           "share", "reflection during RL", (0, 1))
   return paths
