@@ -23,6 +23,7 @@ fixed shapes.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 
@@ -34,11 +35,14 @@ def parse_args(argv=None):
   parser.add_argument("--prompt_len", type=int, default=128)
   parser.add_argument("--new_tokens", type=int, default=512)
   parser.add_argument("--dtype", default="bfloat16", help="params, compute and KV cache dtype")
+  parser.add_argument("--temperature", type=float, default=1.0, help="0: greedy (no sampling cost)")
   parser.add_argument("--top_k", type=int, default=0)
   parser.add_argument("--top_p", type=float, default=1.0)
   parser.add_argument("--repeats", type=int, default=3, help="timed runs; the median is kept")
   parser.add_argument("--bandwidth_mib", type=int, default=2048,
                       help="size of the array copied to measure memory bandwidth")
+  parser.add_argument("--profile", action="store_true",
+                      help="also print the device's 25 costliest ops of one generate call")
   parser.add_argument("--small", action="store_true",
                       help="CPU smoke run: tiny preset, batch 4,16, prompt 16, 32 new tokens")
   args = parser.parse_args(argv)
@@ -54,6 +58,7 @@ def parse_args(argv=None):
   return args
 
 
+from timing import device_op_times  # noqa: E402
 from timing import median_seconds as _median_seconds  # noqa: E402
 
 
@@ -93,7 +98,7 @@ def main(argv=None):
 
   print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), preset {args.preset}, "
         f"{config.num_params() / 1e6:.1f}M params, dtype {args.dtype}, P={p}, N={n}, "
-        f"top_k={args.top_k}, top_p={args.top_p}")
+        f"temperature={args.temperature}, top_k={args.top_k}, top_p={args.top_p}")
   print(f"measured copy bandwidth: {bandwidth / 1e9:.1f} GB/s; weights read per step: "
         f"{weight_bytes / 1e6:.1f} MB")
   header = ("batch", "tok/s", "ms/step", "prefill ms", "MB/step", "roofline tok/s", "ratio",
@@ -104,10 +109,9 @@ def main(argv=None):
     tokens = jnp.asarray(rng.integers(0, config.vocab_size, (batch, p)), jnp.int32)
     mask = jnp.ones((batch, p), bool)
     key = jax.random.PRNGKey(1)
-    sampling = SamplingConfig(max_new_tokens=n, temperature=1.0, top_k=args.top_k,
+    sampling = SamplingConfig(max_new_tokens=n, temperature=args.temperature, top_k=args.top_k,
                               top_p=args.top_p)  # no EOS: every row runs all N steps
-    prefill_only = SamplingConfig(max_new_tokens=1, temperature=1.0, top_k=args.top_k,
-                                  top_p=args.top_p)
+    prefill_only = dataclasses.replace(sampling, max_new_tokens=1)
 
     def run(s):
       return lambda: jax.block_until_ready(generate(params, config, tokens, mask, key, s))
@@ -126,6 +130,11 @@ def main(argv=None):
     print(f"{batch} | {tok_per_s:.0f} | {step * 1e3:.3f} | {prefill * 1e3:.1f} | "
           f"{bytes_mean / 1e6:.1f} | {roofline:.0f} | {decode_tok_per_s / roofline:.2f} | "
           f"{bytes_full / 1e6:.1f} | {decode_tok_per_s / roofline_full:.2f}")
+    if args.profile:
+      total_ms, ops = device_op_times(run(sampling))
+      print(f"  device time of one call: {total_ms:.1f} ms; costliest ops:")
+      for name, ms, count in ops:
+        print(f"  {ms:9.2f} ms {100 * ms / max(total_ms, 1e-9):5.1f}% x{count:<6} {name[:110]}")
   print("tok/s: generated tokens / total generate time (prefill included); ratio: decode-only "
         "tok/s (batch / ms per step) over the roofline.")
   return 0

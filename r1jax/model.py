@@ -236,6 +236,92 @@ def unembed(params: Params, hidden: jax.Array, config: ModelConfig) -> jax.Array
   return logits
 
 
+# ----------------------------------------------------------------------------------------------
+# Decoding one token: the inner loop of sampling
+# ----------------------------------------------------------------------------------------------
+# Decoding is memory-bound: each step should read every weight and the filled KV cache once.
+# The scanned `forward` reads layer i's weights and cache with dynamic slices of the stacked
+# arrays, which XLA materializes as copies (several times the cache's bytes per step on a GPU,
+# measured in benchmarks/sampler.py). The decode step therefore runs the layers as an unrolled
+# loop over per-layer buffers: weights unstacked once per `generate` call (`decode_weights`),
+# and a cache of one [R,N,S,K] array per layer, written in place at one slot per step. Heads come
+# before slots so that both attention products are plain batched matmuls over (row, kv head).
+
+
+def decode_weights(params: Params, config: ModelConfig) -> list[Params]:
+  """Per-layer weights for `decode_step`, with q/k/v and gate/up fused into one matmul each.
+
+  Returns L dicts: attn_norm [D], w_qkv [D,N,G+2,K] (for each kv head: its G query heads, then
+  its key, then its value, so a tensor-parallel split over kv heads stays local), b_qkv
+  [N,G+2,K] (Qwen2), wo [H,K,D], mlp_norm [D], w_gate_up [D,2,F], w_down [F,D]. A copy of the
+  layer weights: run it outside the decode loop, once per generation.
+  """
+  n, g, k = config.num_kv_heads, config.num_heads // config.num_kv_heads, config.head_dim
+  out = []
+  for i in range(config.num_layers):
+    p = jax.tree.map(lambda x, i=i: x[i], params["layers"])
+    d = p["wq"].shape[0]
+    layer = {
+        "attn_norm": p["attn_norm"], "wo": p["wo"], "mlp_norm": p["mlp_norm"],
+        "w_down": p["w_down"],
+        "w_qkv": jnp.concatenate([p["wq"].reshape(d, n, g, k), p["wk"][:, :, None],
+                                  p["wv"][:, :, None]], axis=2),
+        "w_gate_up": jnp.stack([p["w_gate"], p["w_up"]], axis=1),
+    }
+    if config.qkv_bias:
+      layer["b_qkv"] = jnp.concatenate([p["bq"].reshape(n, g, k), p["bk"][:, None],
+                                        p["bv"][:, None]], axis=1)
+    out.append(layer)
+  return out
+
+
+def decode_step(params: Params, layers: list[Params], config: ModelConfig, token: jax.Array,
+                position: jax.Array, kv_mask: jax.Array, cache: tuple, slot):
+  """One token per row through the decoder, reading and writing a per-layer KV cache.
+
+  Args:
+    params: the model's params (embedding, final norm, unembedding).
+    layers: `decode_weights(params, config)`.
+    token, position: [R] int, the token fed at slot `slot` and its RoPE position.
+    kv_mask: [R,S] bool, valid slots, `slot` included.
+    cache: L pairs (k, v), each [R,N,S,K].
+
+  Returns:
+    (logits [R,V] float32, the cache with slot `slot` written).
+  """
+  dtype = config.compute_dtype
+  r, k = token.shape[0], config.head_dim
+  n, g = config.num_kv_heads, config.num_heads // config.num_kv_heads
+  x = jnp.take(params["embed"], token[:, None], axis=0).astype(dtype)  # [R,1,D]
+  positions = position[:, None]
+  valid = kv_mask[:, None, None, :]  # [R,1,1,S]
+  new_cache = []
+  for p, (ck, cv) in zip(layers, cache):
+    h = rms_norm(x, p["attn_norm"], config.rms_norm_eps).astype(dtype)
+    qkv = jnp.einsum("btd,dngk->btngk", h, p["w_qkv"].astype(dtype))  # [R,1,N,G+2,K]
+    if config.qkv_bias:
+      qkv = qkv + p["b_qkv"].astype(dtype)
+    q = rotary(qkv[:, :, :, :g].reshape(r, 1, n * g, k), positions, config.rope_theta)
+    kk = rotary(qkv[:, :, :, g], positions, config.rope_theta)  # [R,1,N,K]
+    ck = jax.lax.dynamic_update_slice(ck, kk.swapaxes(1, 2).astype(ck.dtype), (0, 0, slot, 0))
+    cv = jax.lax.dynamic_update_slice(cv, qkv[:, :, :, g + 1].swapaxes(1, 2).astype(cv.dtype),
+                                      (0, 0, slot, 0))
+    new_cache.append((ck, cv))
+    q = q.reshape(r, n, g, k)
+    scores = jnp.einsum("rngk,rnsk->rngs", q, ck.astype(dtype),
+                        preferred_element_type=jnp.float32) * (k ** -0.5)
+    scores = jnp.where(valid, scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
+    attn = jnp.einsum("rngs,rnsk->rngk", probs, cv.astype(dtype)).reshape(r, 1, n * g, k)
+    x = x + jnp.einsum("bthk,hkd->btd", attn, p["wo"].astype(dtype))
+    h = rms_norm(x, p["mlp_norm"], config.rms_norm_eps).astype(dtype)
+    gate_up = jnp.einsum("btd,dcf->btcf", h, p["w_gate_up"].astype(dtype))
+    act = jax.nn.silu(gate_up[:, :, 0]) * gate_up[:, :, 1]
+    x = x + jnp.einsum("btf,fd->btd", act, p["w_down"].astype(dtype))
+  x = rms_norm(x, params["final_norm"], config.rms_norm_eps).astype(dtype)
+  return unembed(params, x[:, 0], config), tuple(new_cache)
+
+
 def init_cache(config: ModelConfig, batch: int, length: int, dtype=None) -> KVCache:
   """Zero KV cache {"k","v": [L,B,S,N,K]} in the compute dtype (or `dtype`)."""
   shape = (config.num_layers, batch, length, config.num_kv_heads, config.head_dim)

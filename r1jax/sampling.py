@@ -9,9 +9,11 @@ never fed back, so it needs no slot).
 
 Layout: one prefill forward over the B distinct prompts writes a cache of P slots; the cache and
 the last-position logits are then `jnp.repeat`-ed G times along the batch (row b*G+g is sample g of
-prompt b) and padded to S slots. Prefilling B rather than R rows saves G-1 of every G prefill
-FLOPs, and the repeat is a single memory copy of the prompt cache. The decode loop is a
-`jax.lax.while_loop` over fixed shapes that exits as soon as every row is done.
+prompt b), split into one [R,N,S,K] array per layer and padded to S slots. Prefilling B rather
+than R rows saves G-1 of every G prefill FLOPs, and the repeat is a single memory copy of the
+prompt cache. The decode loop is a `jax.lax.while_loop` over fixed shapes that exits as soon as
+every row is done; each iteration is `model.decode_step`, layers unrolled over per-layer
+weights and cache buffers (why: see model.py).
 """
 
 from __future__ import annotations
@@ -200,7 +202,7 @@ def sample_token(key: jax.Array, logits: jax.Array, temperature: float = 1.0, to
 class _State(NamedTuple):
   step: jax.Array       # [] int32, index of the token sampled next
   logits: jax.Array     # [R,V] float32, logits for token `step`
-  cache: dict           # {"k","v": [L,R,S,N,K]}
+  cache: tuple          # L pairs (k, v) [R,N,S,K] (model.decode_step)
   kv_mask: jax.Array    # [R,S] bool
   tokens: jax.Array     # [R,N] int32
   log_probs: jax.Array  # [R,N] float32
@@ -256,22 +258,22 @@ def _generate(params, config: ModelConfig, prompt_tokens, prompt_mask, key,
                                 return_hidden=True)
   logits = model.unembed(params, hidden[:, -1], config)  # [B,V]
 
-  def constrain(cache):  # XLA would otherwise replicate the cache over the data devices.
-    if cache_sharding is None:
-      return cache
-    return {name: jax.lax.with_sharding_constraint(c, cache_sharding) for name, c in cache.items()}
+  def constrain(x):  # XLA would otherwise replicate the cache over the data devices.
+    return x if cache_sharding is None else jax.lax.with_sharding_constraint(x, cache_sharding)
 
-  def expand(x):  # [L,B,P,N,K] -> [L,R,S,N,K], row b*G+g is a copy of row b.
-    x = jnp.repeat(x, g, axis=1)
-    return jnp.pad(x, ((0, 0), (0, 0), (0, s - p), (0, 0), (0, 0)))
+  def per_layer(x):  # [L,B,P,N,K] -> L arrays [R,N,S,K]; row b*G+g is a copy of row b.
+    x = jnp.repeat(x, g, axis=1).transpose(0, 1, 3, 2, 4)
+    x = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, s - p), (0, 0)))
+    return [constrain(x[i]) for i in range(config.num_layers)]
 
+  layers = model.decode_weights(params, config)  # unstacked once, outside the decode loop
   prompt_tokens = jnp.repeat(prompt_tokens, g, axis=0)
   prompt_mask = jnp.repeat(prompt_mask, g, axis=0)
   prompt_lengths = jnp.sum(prompt_mask, axis=-1, dtype=jnp.int32)  # [R]
   state = _State(
       step=jnp.int32(0),
       logits=jnp.repeat(logits, g, axis=0),
-      cache=constrain({name: expand(c) for name, c in cache.items()}),
+      cache=tuple(zip(per_layer(cache["k"]), per_layer(cache["v"]))),
       kv_mask=jnp.pad(prompt_mask, ((0, 0), (0, s - p))),
       tokens=jnp.full((r, n), sampling.pad_id, jnp.int32),
       log_probs=jnp.zeros((r, n), jnp.float32),
@@ -292,11 +294,10 @@ def _generate(params, config: ModelConfig, prompt_tokens, prompt_mask, key,
     t = state.step
     slot = p + t
     kv_mask = jax.lax.dynamic_update_slice(state.kv_mask, jnp.ones((r, 1), bool), (0, slot))
-    logits, cache = model.forward(params, state.last[:, None], config,
-                                  positions=(prompt_lengths + t)[:, None], kv_mask=kv_mask,
-                                  cache=state.cache, cache_index=slot)
-    state = state._replace(step=t + 1, logits=logits[:, 0], cache=constrain(cache),
-                           kv_mask=kv_mask)
+    logits, cache = model.decode_step(params, layers, config, state.last, prompt_lengths + t,
+                                      kv_mask, state.cache, slot)
+    cache = tuple((constrain(k), constrain(v)) for k, v in cache)
+    state = state._replace(step=t + 1, logits=logits, cache=cache, kv_mask=kv_mask)
     return _sample_and_record(state, key, sampling)
 
   state = jax.lax.while_loop(cond, body, state)
@@ -325,7 +326,7 @@ def generate(params, config: ModelConfig, prompt_tokens, prompt_mask, key: jax.A
     prompt_mask: [B,P] bool, True on real tokens; every row needs at least one.
     key: PRNG key.
     cache_dtype: dtype of the KV cache (default: the model's compute dtype).
-    cache_sharding: optional Sharding of the cache's k and v [L,R,S,N,K]
+    cache_sharding: optional Sharding of each layer's decode cache k and v [R,N,S,K]
       (r1jax.sharding.cache_sharding), kept through the decode loop.
 
   Returns:

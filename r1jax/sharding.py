@@ -58,8 +58,8 @@ DEFAULT_RULES: Rules = (
     ("length", None),
 )
 
-# The KV cache {"k","v": [L,B,S,N,K]} (model.init_cache).
-CACHE_AXES = ("layers", "batch", "length", "kv_heads", "head_dim")
+# One layer's decode cache k or v [R,N,S,K] (model.decode_step).
+CACHE_AXES = ("batch", "kv_heads", "length", "head_dim")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -239,9 +239,9 @@ def batch_sharding(mesh: Mesh, rules: Rules = DEFAULT_RULES,
 
 def cache_sharding(config: ModelConfig, rows: int, length: int, mesh: Mesh,
                    rules: Rules = DEFAULT_RULES) -> NamedSharding:
-  """Sharding of each of the KV cache's k and v [L,R,S,N,K]: rows over (data, fsdp), kv heads
+  """Sharding of each layer's decode cache k and v [R,N,S,K]: rows over (data, fsdp), kv heads
   over tensor when it divides them."""
-  shape = (config.num_layers, rows, length, config.num_kv_heads, config.head_dim)
+  shape = (rows, config.num_kv_heads, length, config.head_dim)
   return NamedSharding(mesh, logical_to_spec(CACHE_AXES, shape, mesh, rules))
 
 

@@ -151,9 +151,9 @@ def test_sharded_update_and_sampling_match_one_device(single, mesh_shape):
     assert {s.data.shape[0] for s in out.tokens.addressable_shards} == {rows}
     if has_hook:
       # Inside the compiled decode loop each device holds its rows and kv heads of the cache
-      # [L,R,S,N,K] (per-device shapes of the partitioned HLO), not a whole copy.
+      # layer [R,N,S,K] (per-device shapes of the partitioned HLO), not a whole copy.
       slots = P + cfg.max_new_tokens - 1
-      pattern = rf"f32\[{CFG.num_layers},(\d+),{slots},(\d+),{CFG.head_dim}\]"
+      pattern = rf"f32\[(\d+),(\d+),{slots},{CFG.head_dim}\]"
       found = {(int(a), int(b)) for a, b in re.findall(pattern, compiled.as_text())}
       assert (rows, CFG.num_kv_heads // kv) in found, found
       if d * f > 1:
@@ -218,7 +218,7 @@ def test_every_preset_gets_valid_shardings_on_every_mesh(preset):
                          jax.tree.leaves(shapes, is_leaf=lambda x: isinstance(x, tuple))):
       assert sh.shard_shape(shape)  # raises when a spec does not divide the shape
     cache = sharding.cache_sharding(config, 16, 100, mesh)
-    cache.shard_shape((config.num_layers, 16, 100, config.num_kv_heads, config.head_dim))
+    cache.shard_shape((16, config.num_kv_heads, 100, config.head_dim))
 
 
 def test_init_params_sharded(single):
