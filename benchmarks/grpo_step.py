@@ -19,10 +19,14 @@ The first step compiles and is reported apart; then --repeats steps are timed an
 median is kept (other is computed per step, then its median taken), so the phases add up to
 the total only up to the spread between steps.
 
-Fixed work: random weights never emit EOS on purpose, but they may by chance, and a trained
-checkpoint does. So by default the tokenizer's EOS ids and the stop strings are dropped and every
-completion is exactly --new_tokens tokens (rows * new_tokens generated tokens per step);
---allow_stop keeps them (EOS and "</answer>"), and the step then depends on what the model writes.
+Fixed work: random weights sample EOS only by chance and a trained checkpoint stops when it
+likes, so the amount of work would vary from step to step. By default the tokenizer's EOS ids
+and the stop strings are therefore dropped: no completion stops early, every one is exactly
+--new_tokens tokens, and a step generates rows * new_tokens tokens. --allow_stop keeps EOS and
+the "</answer>" stop; the step then depends on what the model writes.
+Default config (GPU): qwen2.5-0.5b, random bf16 weights, B=32 x G=8 = 256 rows, P=128, N=512,
+μ=2 (so the π_old pass is timed too), beta=0.04, remat full, 4 accumulation micro-batches,
+log-prob passes in chunks of 64 rows.
 Weights are random (--preset, bf16 by default) or read from --checkpoint DIR (an r1jax/HF
 directory, e.g. checkpoints/countdown_base_tiny). The tokenizer is the checkpoint's
 tokenizer.json if it has one, else --tokenizer (default: the character tokenizer). Where the
@@ -85,8 +89,10 @@ def parse_args(argv=None):
     args.preset, args.checkpoint, args.tokenizer, args.dtype = "tiny", "", "char", "float32"
     args.prompts, args.num_generations, args.prompt_len, args.new_tokens = 2, 4, 48, 16
     args.mesh_data, args.mesh_fsdp, args.mesh_tensor = 2, 2, 2
-    args.gradient_accumulation_steps, args.logprob_batch_size = 2, 4
-    args.logprob_chunk_size, args.repeats = 16, 5
+    # No remat or accumulation: they triple the compile time on 2 CPU cores.
+    args.remat, args.gradient_accumulation_steps, args.logprob_batch_size = "none", 1, 0
+    # 15 steps of ~0.1 s: enough that per-phase medians add up to the median step on a busy CPU.
+    args.logprob_chunk_size, args.repeats = 16, 15
   for name in ("prompts", "prompt_len", "repeats", "num_iterations", "num_minibatches",
                "gradient_accumulation_steps"):
     if getattr(args, name) < 1:
@@ -286,7 +292,8 @@ def main(argv=None):
         f"logprob_batch_size {args.logprob_batch_size or 'all'}, logprob_chunk_size "
         f"{args.logprob_chunk_size or 'all'}, median of {args.repeats} steps")
   what = {
-      "rollout": f"generate {rows} x {args.new_tokens} tokens + copy to host",
+      "rollout": f"generate {rows} x {'<= ' if args.allow_stop else ''}{args.new_tokens} "
+                 "tokens + copy to host",
       "rewards": f"countdown rewards of {rows} completions (process pool)",
       "old_logprobs": "π_old pass" if args.num_iterations > 1 else "none (μ = 1)",
       "ref_logprobs": "π_ref pass" if args.beta != 0 else "none (beta = 0)",

@@ -1,0 +1,78 @@
+"""The benchmark scripts run in their --small CPU mode and print consistent tables."""
+
+import os
+import sys
+
+import pytest
+
+BENCHMARKS = os.path.join(os.path.dirname(__file__), "..", "benchmarks")
+sys.path.insert(0, BENCHMARKS)
+
+import grpo_step  # noqa: E402  pylint: disable=wrong-import-position
+
+
+def _table(text: str) -> dict:
+  """{phase: (ms, share %)} from the ` | `-separated rows of grpo_step's output."""
+  rows = {}
+  for line in text.splitlines():
+    cells = line.split(" | ")
+    if len(cells) == 4 and cells[0] != "phase":
+      rows[cells[0]] = (float(cells[1]), float(cells[2].rstrip("%")))
+  return rows
+
+
+def test_grpo_step_small_phases_add_up(capsys):
+  assert grpo_step.main(["--small"]) == 0
+  out = capsys.readouterr().out
+  assert out.startswith("device: ")
+  rows = _table(out)
+  assert set(rows) == set(grpo_step.PHASES) | {"total"}
+  total_ms = rows["total"][0]
+  for phase in grpo_step.PHASES:
+    assert rows[phase][0] > 0, (phase, out)
+  # Medians per phase against the median step: equal up to the spread between steps.
+  assert sum(rows[p][0] for p in grpo_step.PHASES) == pytest.approx(total_ms, rel=0.05), out
+  assert sum(rows[p][1] for p in grpo_step.PHASES) == pytest.approx(100, rel=0.05), out
+  # --small: 2 prompts x 4 completions, 16 tokens each, none stopped early.
+  assert "generated tokens/step: 128;" in out
+
+
+def test_phase_times_split_logprob_calls():
+  metrics = {"sample_time_s": 1.0, "reward_time_s": 0.5, "update_time_s": 2.0}
+  both = grpo_step.phase_times(metrics, [0.25, 0.125], 4.0, num_iterations=2, beta=0.04)
+  assert both == {"rollout": 1.0, "rewards": 0.5, "old_logprobs": 0.25, "ref_logprobs": 0.125,
+                  "update": 2.0, "other": 0.125}
+  ref_only = grpo_step.phase_times(metrics, [0.25], 4.0, num_iterations=1, beta=0.04)
+  assert (ref_only["old_logprobs"], ref_only["ref_logprobs"]) == (0.0, 0.25)
+  old_only = grpo_step.phase_times(metrics, [0.25], 4.0, num_iterations=3, beta=0.0)
+  assert (old_only["old_logprobs"], old_only["ref_logprobs"]) == (0.25, 0.0)
+
+
+def test_bench_tokenizer_forces_no_stop_and_folds_ids():
+  from r1jax.tokenizer import CharTokenizer  # pylint: disable=import-outside-toplevel
+  char = CharTokenizer()
+  tok = grpo_step.BenchTokenizer(char, allow_stop=False)
+  assert tok.eos_ids == ()
+  assert grpo_step.BenchTokenizer(char, allow_stop=True).eos_ids == char.eos_ids
+  ids = char.encode("1+2")
+  assert tok.decode(ids) == "1+2"
+  assert tok.decode([i + 3 * char.vocab_size for i in ids]) == "1+2"
+  assert tok.encode("ab", add_bos=True) == char.encode("ab", add_bos=True)
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["--num_generations", "1"], "--num_generations"),
+    (["--prompts", "0"], "--prompts"),
+    (["--checkpoint", "/no/such/dir"], "--checkpoint"),
+])
+def test_bad_flags_name_the_flag(argv, flag, capsys):
+  with pytest.raises(SystemExit):
+    grpo_step.parse_args(argv)
+  assert flag in capsys.readouterr().err
+
+
+def test_short_prompt_len_is_named():
+  # Raised before anything is compiled: "Make 12 with 3, 4, 5.\n<think>" needs ~30 ids.
+  with pytest.raises(SystemExit, match="--prompt_len=8 is shorter"):
+    grpo_step.main(["--preset", "tiny", "--dtype", "float32", "--prompt_len", "8",
+                    "--new_tokens", "4"])
