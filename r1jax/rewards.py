@@ -291,7 +291,13 @@ for _name in ("math_verify.parser", "math_verify.grader"):
 
 
 def _init_worker():
-  import math_verify  # pylint: disable=import-outside-toplevel,unused-import
+  # Warms math-verify's import (seconds) before the first math reward. Must never raise: a
+  # multiprocessing.Pool whose initializer fails respawns workers forever (seen on a machine
+  # without math-verify scoring Countdown, which does not need it).
+  try:
+    import math_verify  # pylint: disable=import-outside-toplevel,unused-import
+  except ImportError:
+    pass
 
 
 def _ping(_):
