@@ -19,7 +19,7 @@
 #                    the base model's README.md, loss curve and samples
 #   log.txt          this script's output
 # Missing on the GPU image (KINDS.md): tensorboardX and math-verify. Carry them as wheels in
-# .whl/ (see docs/r1_zero_cpu.md); this script installs them from there when present.
+# .whl/ (see the device tool's README); this script installs them from there when present.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -16,6 +16,7 @@ import functools
 import json
 import logging
 import os
+import random
 import shlex
 import sys
 import time
@@ -49,6 +50,9 @@ flags.DEFINE_float("mix_drill", 0.1, "Corpus share: arithmetic and comparison pr
 flags.DEFINE_float("continue_prob", 0.5, "Search: chance of another attempt after a miss.")
 flags.DEFINE_integer("max_attempts", 8, "Search: attempts at most.")
 flags.DEFINE_float("hit_bias", 0.0, "Search: chance that an attempt is a good guess.")
+flags.DEFINE_integer("drill_warmup_steps", 0, "First steps on drill documents only.")
+flags.DEFINE_integer("pad_multiple", 64, "Batches are padded to a multiple of this many tokens "
+                     "(fewer distinct shapes, fewer compilations).")
 flags.DEFINE_integer("log_every", 10, "Log the loss every this many steps.")
 flags.DEFINE_float("time_limit_s", 0, "Stop pretraining after this many seconds (0: none); the "
                    "README records the steps done. A guard for time-boxed GPU calls: a run cut "
@@ -167,13 +171,24 @@ def main(argv):
                       pad_token_id=tokenizer.pad_id, **overrides)
   options = common.parse_task_options(FLAGS.task_options)
   task = tasks.get_task("countdown", **options)
-  n_docs = FLAGS.max_steps * FLAGS.batch_size
+  if not 0 <= FLAGS.drill_warmup_steps < FLAGS.max_steps:
+    raise app.UsageError(f"--drill_warmup_steps={FLAGS.drill_warmup_steps} must be in "
+                         f"[0, --max_steps={FLAGS.max_steps})")
+  warm = FLAGS.drill_warmup_steps
+  n_docs = (FLAGS.max_steps - warm) * FLAGS.batch_size
   problems = tasks.get_task("countdown", **{**options, "num_train": n_docs}).split(
       "train", FLAGS.seed)
   docs = corpus.corpus_documents(n_docs, FLAGS.seed, corpus_config(), problems=problems)
-  encoded = corpus.encode_documents(docs, tokenizer, max_length=FLAGS.max_length)
-  batches = corpus.length_grouped_batches([len(e[0]) for e in encoded], FLAGS.batch_size,
-                                          FLAGS.seed)
+  # Curriculum: the first --drill_warmup_steps steps see only drills (arithmetic and
+  # comparisons), so that checking a result against the target is learned before the task.
+  drills = [corpus.drill_document(corpus_config(), rng)
+            for rng in [random.Random(FLAGS.seed + 1)] for _ in range(warm * FLAGS.batch_size)]
+  encoded = corpus.encode_documents(drills + docs, tokenizer, max_length=FLAGS.max_length)
+  lengths = [len(e[0]) for e in encoded]
+  batches = ([b for b in corpus.length_grouped_batches(lengths[:len(drills)], FLAGS.batch_size,
+                                                        FLAGS.seed + 1)] +
+             [b + len(drills) for b in corpus.length_grouped_batches(
+                 lengths[len(drills):], FLAGS.batch_size, FLAGS.seed)])
   doc_acc = float(np.mean([d.correct for d in docs if d.problem is not None]))
   tokens_total = sum(len(e[0]) for e in encoded)
   logging.info("corpus: %d documents, %d tokens, %.1f%% solve their problem (%s)", n_docs,
@@ -187,7 +202,8 @@ def main(argv):
   log, t0, seen = [], time.time(), 0
   stopped_early = False
   for step, idx in enumerate(batches, start=1):
-    batch = corpus.pad_batch(encoded, idx, tokenizer.pad_id, FLAGS.loss_on_prompt)
+    batch = corpus.pad_batch(encoded, idx, tokenizer.pad_id, FLAGS.loss_on_prompt,
+                             FLAGS.pad_multiple)
     params, opt_state, loss, gnorm = step_fn(params, opt_state, batch)
     seen += int(batch["mask"].sum())
     stopped_early = FLAGS.time_limit_s > 0 and time.time() - t0 > FLAGS.time_limit_s
@@ -221,8 +237,9 @@ def main(argv):
   info = {
       "command": command, "seed": FLAGS.seed,
       "model": f"{FLAGS.model_preset} {overrides or ''} ({config.num_params():,} parameters)",
-      "corpus": f"{n_docs} documents, {tokens_total} tokens; {100 * doc_acc:.1f}% solve "
-                f"their problem",
+      "corpus": f"{warm * FLAGS.batch_size} drill documents, then {n_docs} documents "
+                f"({tokens_total} tokens in all); {100 * doc_acc:.1f}% of the task documents "
+                f"solve their problem",
       "steps": f"{log[-1]['step']} of {len(batches)} (batch {FLAGS.batch_size})"
                + (" - stopped by --time_limit_s" if stopped_early else ""),
       "final loss": f"{log[-1]['loss']:.4f}",

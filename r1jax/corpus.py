@@ -11,20 +11,21 @@ A model pretrained here must have the same three properties, so each document is
                " 9-3=6, 6+5=11.</think> <answer>(9-3)+5</answer>"
   search     attempts checked against the target, trying again until one hits or the budget
              (geometric, mean ~1/(1-continue_prob)) runs out; then the hit, or the last miss anyway
-               " 9+5=14, 14*3=42, check 42 vs 14: no. try 9-3=6, 6+5=11, check 11 vs 14: no.
-                try 3*5=15, 15-1=14, check 14 vs 14: yes.</think> <answer>(3*5)-1</answer>"
+               " 9+5=14, 14*3=42, check 42-14=28: no. try 9-3=6, 6+5=11, check 14-11=3: no.
+                try 3*5=15, 15-1=14, check 14-14=0: yes.</think> <answer>(3*5)-1</answer>"
   give_up    checked misses, then "give up." and no answer or the last miss
   malformed  a single or search completion with its tags damaged (no </think>, or no <answer>)
   drill      no problem: "Check.\n" then steps with checks whose verdicts are yes half the time
-               " 7*6=42, check 42 vs 24: no. 9-4=5, check 5 vs 5: yes. ..."
-             (arithmetic and comparison practice, as pretraining text has; in task documents a
-             "yes" is rare, too rare for a small model to learn to compare from them alone)
+               " 7*6=42, check 42-24=18: no. 9-4=5, check 5-5=0: yes. ..."
+             (arithmetic practice, as pretraining text has; in task documents a "yes" is rare)
 
 Every step's arithmetic is correct (so the model learns to compute and to compare with the
-target); only the *choice* of attempts is random. A check writes the result and the target side
-by side before its verdict ("check 11 vs 14: no"): a character-level model compares two adjacent
-numbers far more easily than a result with a target back in the prompt. Nothing is curated to be correct: how often a
-document solves its problem follows from the mix and the attempt budget, which set the base
+target); only the *choice* of attempts is random. A check subtracts the smaller of the result
+and the target from the larger before its verdict ("check 14-11=3: no", "check 14-14=0: yes"):
+a small character-level model learns equality badly from the rare yes/no tokens (measured: no
+better than chance after 2500 steps), but subtraction well (every digit is a target), and then
+the verdict only has to see whether the difference is 0. Nothing is curated to be correct: how
+often a document solves its problem follows from the mix and the attempt budget, which set the base
 model's pass@1 (5-25% for the shipped configs). RL can then raise accuracy by searching longer
 and checking (response length and reflection up), fixing the format, and not giving up.
 
@@ -245,10 +246,15 @@ def _search(problem, cfg, rng, budget=None):
   return " " + " ".join(parts), chosen.expression, len(parts)
 
 
+def check_text(value: int, target: int) -> str:
+  """"check 14-11=3: no" / "check 14-14=0: yes": the larger minus the smaller, then the verdict."""
+  hi, lo = max(value, target), min(value, target)
+  return f"check {hi}-{lo}={hi - lo}: {'yes' if hi == lo else 'no'}"
+
+
 def _checked(a: Attempt, target: int, first: bool) -> str:
-  """"[try ]9-3=6, 6+5=11, check 11 vs 14: no." — the verdict after both numbers."""
-  verdict = "yes" if a.value == target else "no"
-  return f"{'' if first else 'try '}{a.text()}, check {a.value} vs {target}: {verdict}."
+  """"[try ]9-3=6, 6+5=11, check 14-11=3: no." """
+  return f"{'' if first else 'try '}{a.text()}, {check_text(a.value, target)}."
 
 
 def _give_up(problem, cfg, rng):
@@ -280,7 +286,7 @@ def drill_document(cfg: CorpusConfig, rng: random.Random) -> Document:
     op = rng.choice(valid_ops(x, y))
     r = _apply(op, x, y)
     other = r if rng.random() < 0.5 else _near(r, rng)
-    items.append(f"{x}{op}{y}={r}, check {r} vs {other}: {'yes' if other == r else 'no'}.")
+    items.append(f"{x}{op}{y}={r}, {check_text(r, other)}.")
     last = r if r < 100 else None
   return Document(None, "drill", DRILL_PROMPT, " " + " ".join(items), 0, False, False)
 
@@ -353,9 +359,9 @@ def _long_trace(problem: Problem, misses: list[Attempt], hit: Attempt) -> str:
 
   lines = [f" We need {target} from {shown}, each used once."]
   for a in misses:
-    lines.append(f"Try {steps(a)}. Check: {a.value} vs {target}, not equal, so try another "
-                 "way.")
-  lines.append(f"Try {steps(hit)}. Check: {hit.value} vs {target}, equal.")
+    hi, lo = max(a.value, target), min(a.value, target)
+    lines.append(f"Try {steps(a)}. Check: {hi} - {lo} = {hi - lo}, not 0, so try another way.")
+  lines.append(f"Try {steps(hit)}. Check: {target} - {target} = 0, it works.")
   lines.append(f"So {hit.expression} = {target}, using {shown} once each.")
   return " ".join(lines) + _answer(hit.expression)
 
