@@ -58,7 +58,7 @@ else
   ROOT=${ROOT:-runs/r1_zero_gpu}
   # ~25M parameters, 5000 x 64 documents (~30M tokens); bf16 compute, fp32 master weights.
   PRETRAIN_FLAGS=(--model_preset=medium --max_steps="${PRETRAIN_STEPS:-5000}" --batch_size=64
-                  --learning_rate=1e-3 --warmup_steps=200 --dtype=bfloat16
+                  --learning_rate=1e-3 --warmup_steps=200 --dtype=bfloat16 --pad_multiple=128
                   --time_limit_s="${PRETRAIN_TIME_S:-170}" --log_every=100
                   --eval_num_problems=128 --eval_num_samples=16 --eval_batch_size=128
                   --max_completion_length=384)
