@@ -109,6 +109,7 @@ def parse_args(argv=None):
 
 
 from timing import median_seconds as _median_seconds  # noqa: E402
+from timing import use_fake_cpu_devices  # noqa: E402
 
 
 def _median(values):
@@ -237,10 +238,7 @@ def phase_times(metrics, logprob_calls, step_s, num_iterations, beta):
 def main(argv=None):
   args = parse_args(argv)
   if args.small:
-    os.environ["JAX_PLATFORMS"] = "cpu"
-    flags = os.environ.get("XLA_FLAGS", "")
-    if "xla_force_host_platform_device_count" not in flags:
-      os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count=8".strip()
+    use_fake_cpu_devices(8)
   import jax  # pylint: disable=import-outside-toplevel
 
   from r1jax import sharding  # pylint: disable=import-outside-toplevel

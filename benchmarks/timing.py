@@ -1,6 +1,15 @@
-"""Timing helpers shared by the benchmark scripts."""
+"""Helpers shared by the benchmark scripts: timing, profiling, CPU smoke-run set-up."""
 
+import os
 import time
+
+
+def use_fake_cpu_devices(count: int = 8):
+  """Before jax is imported: run on the CPU as `count` devices (the --small smoke runs)."""
+  os.environ["JAX_PLATFORMS"] = "cpu"
+  flags = os.environ.get("XLA_FLAGS", "")
+  if "xla_force_host_platform_device_count" not in flags:
+    os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()
 
 
 def median_seconds(fn, repeats: int) -> float:

@@ -21,7 +21,6 @@ model computes the full causal square) and remat's recomputation, as is usual.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 
@@ -70,6 +69,7 @@ def parse_args(argv=None):
 
 
 from timing import median_seconds as _median_seconds  # noqa: E402
+from timing import use_fake_cpu_devices  # noqa: E402
 
 
 def measure_matmul_peak(n: int, dtype, repeats: int = 5) -> float:
@@ -124,7 +124,6 @@ def random_batch(config, rows, seq_len, prompt_len, seed=0):
 def run_one(args, preset, rows, remat, mesh, peak):
   """Builds, compiles and times one configuration; returns a row of the table."""
   import jax  # pylint: disable=import-outside-toplevel
-  import numpy as np  # pylint: disable=import-outside-toplevel
 
   from r1jax import accumulate, grpo, sharding, trainer  # pylint: disable=import-outside-toplevel
   from r1jax.config import get_config  # pylint: disable=import-outside-toplevel
@@ -196,10 +195,7 @@ def run_one(args, preset, rows, remat, mesh, peak):
 def main(argv=None):
   args = parse_args(argv)
   if args.small:
-    os.environ["JAX_PLATFORMS"] = "cpu"
-    flags = os.environ.get("XLA_FLAGS", "")
-    if "xla_force_host_platform_device_count" not in flags:
-      os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count=8".strip()
+    use_fake_cpu_devices(8)
   import jax  # pylint: disable=import-outside-toplevel
 
   from r1jax import sharding  # pylint: disable=import-outside-toplevel

@@ -178,21 +178,22 @@ def main(argv):
   n_docs = (FLAGS.max_steps - warm) * FLAGS.batch_size
   problems = tasks.get_task("countdown", **{**options, "num_train": n_docs}).split(
       "train", FLAGS.seed)
-  docs = corpus.corpus_documents(n_docs, FLAGS.seed, corpus_config(), problems=problems)
+  cfg = corpus_config()
+  docs = corpus.corpus_documents(n_docs, FLAGS.seed, cfg, problems=problems)
   # Curriculum: the first --drill_warmup_steps steps see only drills (arithmetic and
   # comparisons), so that checking a result against the target is learned before the task.
-  drills = [corpus.drill_document(corpus_config(), rng)
-            for rng in [random.Random(FLAGS.seed + 1)] for _ in range(warm * FLAGS.batch_size)]
+  drill_rng = random.Random(FLAGS.seed + 1)
+  drills = [corpus.drill_document(cfg, drill_rng) for _ in range(warm * FLAGS.batch_size)]
   encoded = corpus.encode_documents(drills + docs, tokenizer, max_length=FLAGS.max_length)
   lengths = [len(e[0]) for e in encoded]
-  batches = ([b for b in corpus.length_grouped_batches(lengths[:len(drills)], FLAGS.batch_size,
-                                                        FLAGS.seed + 1)] +
-             [b + len(drills) for b in corpus.length_grouped_batches(
-                 lengths[len(drills):], FLAGS.batch_size, FLAGS.seed)])
+  n = len(drills)
+  batches = (list(corpus.length_grouped_batches(lengths[:n], FLAGS.batch_size, FLAGS.seed + 1))
+             + [b + n for b in corpus.length_grouped_batches(lengths[n:], FLAGS.batch_size,
+                                                             FLAGS.seed)])
   doc_acc = float(np.mean([d.correct for d in docs if d.problem is not None]))
   tokens_total = sum(len(e[0]) for e in encoded)
   logging.info("corpus: %d documents, %d tokens, %.1f%% solve their problem (%s)", n_docs,
-               tokens_total, 100 * doc_acc, corpus_config().mix)
+               tokens_total, 100 * doc_acc, cfg.mix)
 
   params = model.init_params(config, jax.random.PRNGKey(FLAGS.seed))
   optimizer, schedule = make_optimizer()

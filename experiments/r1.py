@@ -299,6 +299,18 @@ def cold_start_examples(train) -> list[sft.Example]:
           for p, (prompt, completion) in zip(problems, pairs)]
 
 
+def rejection_setup(train, vocab):
+  """Stage 3's prompts (a seeded draw of --rejection_num_prompts training problems) and its
+  sft.RejectionConfig from the flags; experiments/rejection_sample.py uses the same."""
+  order = np.random.default_rng(FLAGS.seed + 3).permutation(len(train))
+  prompts = [train[i] for i in order[:FLAGS.rejection_num_prompts]]
+  rcfg = sft.RejectionConfig(min_language_score=FLAGS.rejection_min_language_score,
+                             language=FLAGS.language, vocabulary=vocab,
+                             max_paragraph_chars=FLAGS.rejection_max_paragraph_chars,
+                             max_per_prompt=FLAGS.rejection_max_per_prompt)
+  return prompts, rcfg
+
+
 def rejection_sample(stage_dir, policy: Policy, params, problems, score_fn, rcfg,
                      num_samples: int, temperature: float, top_p: float = 1.0,
                      seed_offset: int = 7):
@@ -410,12 +422,7 @@ def main(argv):
 
   def stage3():
     rl_params = policy.load(os.path.join(dirs["2_reasoning_rl"], "policy"))
-    order = np.random.default_rng(FLAGS.seed + 3).permutation(len(train))
-    prompts = [train[i] for i in order[:FLAGS.rejection_num_prompts]]
-    rcfg = sft.RejectionConfig(min_language_score=FLAGS.rejection_min_language_score,
-                               language=FLAGS.language, vocabulary=vocab,
-                               max_paragraph_chars=FLAGS.rejection_max_paragraph_chars,
-                               max_per_prompt=FLAGS.rejection_max_per_prompt)
+    prompts, rcfg = rejection_setup(train, vocab)
     examples, stats = rejection_sample(dirs["3_rejection_sft"], policy, rl_params, prompts,
                                        plain_score, rcfg, FLAGS.rejection_num_samples,
                                        FLAGS.rejection_temperature, FLAGS.rejection_top_p)

@@ -24,7 +24,6 @@ import distill  # noqa: F401  (defines r1.py's flags; readable_vocabulary)
 import r1
 
 # pylint: disable=wrong-import-position
-import numpy as np  # noqa: E402
 
 from r1jax import sft  # noqa: E402
 
@@ -39,12 +38,7 @@ def main(argv):
   policy, params = r1.load_base_policy()
   task, train, _ = r1.build_task()
   vocab = distill.readable_vocabulary(policy, train)
-  order = np.random.default_rng(FLAGS.seed + 3).permutation(len(train))
-  prompts = [train[i] for i in order[:FLAGS.rejection_num_prompts]]
-  rcfg = sft.RejectionConfig(min_language_score=FLAGS.rejection_min_language_score,
-                             language=FLAGS.language, vocabulary=vocab,
-                             max_paragraph_chars=FLAGS.rejection_max_paragraph_chars,
-                             max_per_prompt=FLAGS.rejection_max_per_prompt)
+  prompts, rcfg = r1.rejection_setup(train, vocab)
   examples, stats = r1.rejection_sample(FLAGS.workdir, policy, params, prompts,
                                         r1.reward_fn(task), rcfg, FLAGS.rejection_num_samples,
                                         FLAGS.rejection_temperature, FLAGS.rejection_top_p)
