@@ -9,7 +9,9 @@
 # Environment (all optional): STAGE=all|pretrain|rl, SEEDS="0 1 2", PARALLEL (default: number of
 # seeds), RL_STEPS, PRETRAIN_STEPS, PRETRAIN_TIME_S (a guard: pretraining stops there),
 # RL_TIME_S (a guard: RL is interrupted there and the curves drawn from what was logged),
-# BASE (checkpoint dir), ROOT (run dirs), OUT (where results are copied; the device tool's $OUT).
+# BASE (checkpoint dir), ROOT (run dirs), OUT (where results are copied; the device tool's $OUT),
+# PRETRAIN_MEM_FRACTION (XLA_PYTHON_CLIENT_MEM_FRACTION of the pretraining process, so that another
+# job, e.g. `STAGE=small_base bash benchmarks/r1_gpu.sh`, can share the GPU meanwhile).
 # STAGE=rl reuses BASE from an earlier STAGE=pretrain on the same machine.
 #
 # What comes back in $OUT (at most 8 files, so that the device tool returns all of them):
@@ -69,6 +71,7 @@ fi
 t0=$(date +%s)
 if [[ $STAGE == all || $STAGE == pretrain ]]; then
   echo "== pretraining the base model into $BASE"
+  XLA_PYTHON_CLIENT_MEM_FRACTION=${PRETRAIN_MEM_FRACTION:-${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.75}} \
   "$PY" experiments/pretrain_base.py --output_dir="$BASE" --seed=0 \
     --task_options="$TASK_OPTIONS" --max_prompt_length=36 \
     --mix_single=0.5 --mix_search=0.35 --mix_give_up=0.1 --mix_malformed=0.05 \
