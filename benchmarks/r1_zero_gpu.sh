@@ -10,6 +10,7 @@
 # seeds), RL_STEPS, PRETRAIN_STEPS, PRETRAIN_TIME_S (a guard: pretraining stops there),
 # RL_TIME_S (a guard: RL is interrupted there and the curves drawn from what was logged),
 # BASE (checkpoint dir), ROOT (run dirs), OUT (where results are copied; the device tool's $OUT),
+# RL_MEM_FRACTION (each seed's share of GPU memory; default 0.9 / PARALLEL),
 # PRETRAIN_MEM_FRACTION (XLA_PYTHON_CLIENT_MEM_FRACTION of the pretraining process, so that another
 # job, e.g. `STAGE=small_base bash benchmarks/r1_gpu.sh`, can share the GPU meanwhile).
 # STAGE=rl reuses BASE from an earlier STAGE=pretrain on the same machine.
@@ -86,7 +87,7 @@ if [[ $STAGE == all || $STAGE == rl ]]; then
   for f in "${RL_FLAGS[@]}"; do EXTRA+=(--extra="$f"); done
   echo "== GRPO, $GRID, $PARALLEL at a time, into $ROOT"
   # Several small runs share the GPU: each process gets a slice of its memory.
-  MEM=$(awk -v p="$PARALLEL" 'BEGIN { printf "%.2f", (p > 1) ? 0.9 / p : 0 }')
+  MEM=${RL_MEM_FRACTION:-$(awk -v p="$PARALLEL" 'BEGIN { printf "%.2f", (p > 1) ? 0.9 / p : 0 }')}
   set +e
   timeout -s INT -k 20 "$RL_TIME_S" "$PY" experiments/sweep.py \
     --base_flagfile=experiments/configs/countdown_gpu.flags --grid="$GRID" --root="$ROOT" \

@@ -95,6 +95,7 @@ def evaluate_policy(params, model_config: ModelConfig, tokenizer, problems: Sequ
   problems = list(problems)
   records, correct, answers = [], [], []
   lengths = []
+  reward_stats = {"reward_errors": 0, "reward_timeouts": 0}
   starts = range(0, len(problems), batch_size)
   if progress:
     from tqdm import tqdm  # pylint: disable=import-outside-toplevel
@@ -110,7 +111,9 @@ def evaluate_policy(params, model_config: ModelConfig, tokenizer, problems: Sequ
     n = real * num_samples
     texts = decode_completions(tokenizer, out.tokens[:n], out.lengths[:n])
     rows = [p for p in chunk[:real] for _ in range(num_samples)]
-    _, components, _ = score_fn(texts, rows)
+    _, components, stats = score_fn(texts, rows)
+    for name in reward_stats:
+      reward_stats[name] += int(stats.get(name, 0))
     ok = np.asarray(components["accuracy"]) > 0.5
     formatted = np.asarray(components.get("format", np.zeros(n))) > 0.5
     truncated = np.asarray(out.truncated[:n], bool)
@@ -130,4 +133,7 @@ def evaluate_policy(params, model_config: ModelConfig, tokenizer, problems: Sequ
   for name, field in (("format_rate", "format"), ("truncated_fraction", "truncated")):
     flat = [x for r in records for x in r[field]]
     report[name] = float(np.mean(flat)) if flat else 0.0
+  # Scoring failures count as wrong answers; a non-zero count here says the numbers above are
+  # not the policy's alone.
+  report.update(reward_stats)
   return report, records

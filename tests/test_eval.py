@@ -136,3 +136,29 @@ def test_evaluate_cli_with_a_tokenizer_json_and_two_tasks(tmp_path):
             f"--report={tmp_path / 'r.json'}", f"--records={tmp_path / 'rec.jsonl'}"], tmp_path)
   for task in ("gsm8k", "amc23"):
     _check_report(tmp_path / "r.json", tmp_path / "rec.jsonl", task, 3, 2)
+
+
+def test_evaluate_policy_reports_scoring_failures():
+  """Timed-out or failing reward calls score as wrong; the report counts them so that a broken
+  scorer is not mistaken for a weak policy."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from r1jax import model, rewards, tasks  # pylint: disable=import-outside-toplevel
+  from r1jax.config import get_config  # pylint: disable=import-outside-toplevel
+  from r1jax.tokenizer import load_tokenizer  # pylint: disable=import-outside-toplevel
+  config = get_config("tiny")
+  tok = load_tokenizer("char")
+  problems = tasks.get_task("countdown", num_test=3).split("test", 0)
+
+  def score(texts, rows):
+    _, comps, _ = rewards.score_completions(texts, rows, "countdown",
+                                            rewards.RewardConfig(executor="inline"))
+    return None, comps, {"reward_errors": 1, "reward_timeouts": len(texts)}
+
+  report, _ = r1eval.evaluate_policy(
+      model.init_params(config, jax.random.PRNGKey(0)), config, tok, problems,
+      format_prompt=lambda p: p.question, score_fn=score, extract_fn=rewards.extract_answer,
+      num_samples=2, key=jax.random.PRNGKey(1), max_prompt_length=256, max_new_tokens=8,
+      batch_size=2)
+  # Two sampler calls (3 problems in batches of 2): 4 + 2 completions scored.
+  assert report["reward_timeouts"] == 6
+  assert report["reward_errors"] == 2
