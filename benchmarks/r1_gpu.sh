@@ -10,8 +10,11 @@
 # Needs the medium base of benchmarks/r1_zero_gpu.sh at runs/r1_zero_gpu/base_medium (a fresh
 # machine: run `STAGE=pretrain bash benchmarks/r1_zero_gpu.sh` first, in the same call or on the
 # same warm machine). The small student base is pretrained here when missing; it can share the
-# GPU with the medium pretraining:
+# GPU with the medium pretraining, with XLA's GPU autotuning off (processes that compile at once
+# on one GPU get kernels that compute wrong results: see experiments/sweep.py, NO_AUTOTUNE):
+#   export XLA_FLAGS=--xla_gpu_autotune_level=0
 #   STAGE=small_base bash benchmarks/r1_gpu.sh & PRETRAIN_MEM_FRACTION=0.6 bash benchmarks/r1_zero_gpu.sh
+# Run the R1 stages alone on the GPU, or with that flag.
 #
 # Environment (all optional): STAGE=all|small_base|r1|distill, R1_TIME_S and DISTILL_TIME_S (guards:
 # the stage is interrupted there; both scripts resume from their checkpoints when run again),

@@ -89,3 +89,16 @@ def test_cli_plot_only_and_bad_grid(tmp_path):
   assert summary["runs"]["beta=0.04"]["pass@1"]["last"] == pytest.approx(0.3)
   bad = run("--grid=beta")
   assert bad.returncode != 0 and "--grid='beta'" in bad.stderr
+
+
+def test_child_env_turns_gpu_autotuning_off_for_parallel_runs():
+  base = {"PATH": "/bin", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+  env = sweep.child_env(base, parallel=3, mem_fraction=0.3)
+  assert env["XLA_PYTHON_CLIENT_MEM_FRACTION"] == "0.3"
+  assert env["XLA_FLAGS"] == "--xla_force_host_platform_device_count=2 --xla_gpu_autotune_level=0"
+  assert base["XLA_FLAGS"] == "--xla_force_host_platform_device_count=2"  # not modified
+  # One run at a time, an explicit level, or --parallel_autotune: left alone.
+  assert sweep.child_env(base, parallel=1, mem_fraction=0.3) == base
+  tuned = dict(base, XLA_FLAGS="--xla_gpu_autotune_level=4")
+  assert sweep.child_env(tuned, parallel=3)["XLA_FLAGS"] == "--xla_gpu_autotune_level=4"
+  assert "XLA_FLAGS" not in sweep.child_env({}, parallel=2, autotune=True)
