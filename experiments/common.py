@@ -93,6 +93,8 @@ flags.DEFINE_integer("save_steps", 50, "Checkpoint every this many steps.")
 flags.DEFINE_integer("save_total_limit", 3, "Checkpoints kept.")
 flags.DEFINE_integer("eval_steps", 0, "Evaluate every this many steps (0: start and end only).")
 flags.DEFINE_integer("eval_num_problems", 64, "Held-out problems per evaluation.")
+flags.DEFINE_integer("eval_seed", 0, "Seed of the held-out problem set; fixed apart from --seed so "
+                     "that runs of different seeds are evaluated on the same problems.")
 flags.DEFINE_integer("eval_num_samples", 4, "Samples per problem (pass@1 averaged over k).")
 flags.DEFINE_float("eval_temperature", 0.6, "Evaluation temperature (paper: 0.6).")
 flags.DEFINE_float("eval_top_p", 0.95, "Evaluation top-p (paper: 0.95).")

@@ -110,7 +110,7 @@ def corpus_config() -> corpus.CorpusConfig:
 
 
 def evaluate(params, config, tokenizer, task, num_problems):
-  test = task.split("test", FLAGS.seed)[:num_problems]
+  test = task.split("test", FLAGS.eval_seed)[:num_problems]
   fmt = functools.partial(tasks.format_problem, template=FLAGS.template)
   score = functools.partial(rewards.score_completions, reward_kind=task.reward_kind,
                             config=rewards.RewardConfig(executor="inline"),

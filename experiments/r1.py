@@ -95,7 +95,7 @@ def build_task():
   train = task.split("train", FLAGS.seed)
   if FLAGS.num_train_problems:
     train = train[:FLAGS.num_train_problems]
-  return task, train, task.split("test", FLAGS.seed)[:FLAGS.eval_num_problems]
+  return task, train, task.split("test", FLAGS.eval_seed)[:FLAGS.eval_num_problems]
 
 
 def format_prompt(problem) -> str:

@@ -31,7 +31,7 @@ def build_task():
   task = tasks.get_task(FLAGS.task, data_dir=FLAGS.data_dir or None,
                         **common.parse_task_options(FLAGS.task_options))
   train = task.split("train", FLAGS.seed)
-  test = task.split("test", FLAGS.seed)
+  test = task.split("test", FLAGS.eval_seed)
   if FLAGS.num_train_problems:
     train = train[:FLAGS.num_train_problems]
   test = test[:FLAGS.eval_num_problems]

@@ -102,3 +102,22 @@ def test_missing_init_checkpoint_exits_nonzero_naming_the_path(tmp_path):
   result = _run(SHORT + [f"--init_checkpoint={missing}", f"--workdir={tmp_path / 'w'}"])
   assert result.returncode != 0
   assert missing in result.stderr and "--init_checkpoint" in result.stderr
+
+
+def test_held_out_set_is_the_same_for_every_seed():
+  """A seed sweep's spread must not mix in a different test set per seed (--eval_seed)."""
+  code = ("import json, sys; sys.path.insert(0, 'experiments'); import r1_zero; "
+          "from absl import flags; flags.FLAGS(['x', sys.argv[1], sys.argv[2]]); "
+          "_, train, test, _ = r1_zero.build_task(); "
+          "print(json.dumps([[p.question for p in train[:20]], [p.question for p in test]]))")
+
+  def splits(seed):
+    out = subprocess.run([sys.executable, "-c", code, f"--flagfile={FLAGFILE}", f"--seed={seed}"],
+                         cwd=REPO, capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+  (train0, test0), (train1, test1) = splits(0), splits(1)
+  assert test0 == test1 and len(test0) == 200
+  assert train0 != train1  # the seed still orders the training problems
