@@ -126,6 +126,27 @@ def test_killed_and_resumed_run_equals_uninterrupted(tmp_path):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+def test_interrupt_saves_the_last_finished_step(tmp_path):
+  """SIGINT (Ctrl-C, a time guard) between checkpoints keeps the steps done so far."""
+  calls = {"n": 0}
+
+  def interrupted_reward(completions, problems):
+    calls["n"] += 1
+    if calls["n"] == 4:  # in step 4's rollout: steps 1-3 are done, the last checkpoint is 2
+      raise KeyboardInterrupt()
+    return toy_reward(completions, problems)
+
+  run = runner.RunConfig(workdir=str(tmp_path / "run"), save_steps=2, plot=False)
+  t, params = make_trainer()
+  t.reward_fn = interrupted_reward
+  with pytest.raises(KeyboardInterrupt):
+    runner.run_grpo(t, params, run)
+  ck = checkpoint.Checkpointer(os.path.join(run.workdir, "checkpoints"), save_steps=2)
+  assert ck.latest_step() == 3
+  ck.close()
+  assert len(logs.read_jsonl(os.path.join(run.workdir, "metrics.jsonl"))) == 3
+
+
 def test_checkpoint_of_another_shape_is_refused(tmp_path):
   t, params = make_trainer()
   ck = checkpoint.Checkpointer(str(tmp_path / "ck"), save_steps=1)
