@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from typing import Any, Optional
 
 import jax
 import orbax.checkpoint as ocp
+
+log = logging.getLogger("r1jax")
 
 
 class CheckpointShapeError(ValueError):
@@ -97,3 +100,17 @@ def save_json(path: str, obj: dict):
   with open(tmp, "w") as f:
     json.dump(obj, f, indent=2, sort_keys=True, default=str)
   os.replace(tmp, path)
+
+
+def save_on_interrupt(ckpt: Checkpointer, state: Any, meta: Optional[dict] = None):
+  """Called on KeyboardInterrupt (Ctrl-C, a scheduler's or a time guard's SIGINT): saves the last
+  finished step, so that a rerun resumes there rather than at the last interval checkpoint."""
+  if any(getattr(x, "is_deleted", lambda: False)() for x in jax.tree.leaves(state)):
+    # Interrupted inside the update, whose jitted step had taken the buffers (donation).
+    log.warning("interrupted inside a step: nothing newer than checkpoint %s to save",
+                ckpt.latest_step())
+    return
+  step = int(state["step"])
+  if step > 0 and ckpt.latest_step() != step:
+    ckpt.save(step, state, meta=meta, force=True)
+    log.warning("interrupted: saved the state of step %d", step)

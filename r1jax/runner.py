@@ -60,19 +60,6 @@ def _train_records(ro: Rollout, n: int) -> list[dict]:
           for p, c, r in list(zip(ro.problems, ro.completions, ro.rewards))[:n]]
 
 
-def _save_on_interrupt(ckpt: checkpoint.Checkpointer, state: State, meta: Optional[dict]):
-  import jax  # pylint: disable=import-outside-toplevel
-  if any(getattr(x, "is_deleted", lambda: False)() for x in jax.tree.leaves(state)):
-    # Interrupted inside the update, whose jitted step had taken the buffers (donation).
-    log.warning("interrupted inside a step: nothing newer than checkpoint %s to save",
-                ckpt.latest_step())
-    return
-  step = int(state["step"])
-  if step > 0 and ckpt.latest_step() != step:
-    ckpt.save(step, state, meta=meta, force=True)
-    log.warning("interrupted: saved the state of step %d", step)
-
-
 def run_grpo(trainer: GRPOTrainer, params, run: RunConfig, *, eval_fn: Optional[EvalFn] = None,
              meta: Optional[dict] = None, max_steps: Optional[int] = None) -> State:
   """Trains until `max_steps` (default the trainer's), resuming from `run.workdir` if it holds
@@ -136,7 +123,7 @@ def run_grpo(trainer: GRPOTrainer, params, run: RunConfig, *, eval_fn: Optional[
   except KeyboardInterrupt:
     # Interrupted (Ctrl-C, a scheduler's or a time guard's SIGINT): keep the last finished step,
     # so that a rerun resumes there rather than at the last --save_steps checkpoint.
-    _save_on_interrupt(ckpt, state, meta)
+    checkpoint.save_on_interrupt(ckpt, state, meta)
     raise
   finally:
     writer.close()

@@ -309,6 +309,9 @@ def run_sft(model_config: ModelConfig, params, tokenizer, examples: Sequence[Exa
     done = logs.read_jsonl(eval_writer.path)
     if eval_fn is not None and (not done or done[-1]["step"] != final):
       eval_writer.write({"step": final, **eval_fn(state["params"], final)})
+  except KeyboardInterrupt:
+    checkpoint.save_on_interrupt(ckpt, state, meta)
+    raise
   finally:
     writer.close()
     eval_writer.close()

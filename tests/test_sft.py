@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from r1jax import logs, model, sampling, sft
+from r1jax import checkpoint, logs, model, sampling, sft
 from r1jax.config import get_config
 from r1jax.tokenizer import CharTokenizer
 
@@ -170,3 +170,28 @@ def test_sft_step_on_a_data_parallel_mesh_matches_one_device(tmp_path):
   jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4,
                                                        atol=1e-5),
                one["params"], sharded["params"])
+
+
+def test_interrupted_sft_keeps_its_last_step(tmp_path):
+  """A SIGINT between checkpoints (here from the evaluation after step 3) saves step 3, and the
+  rerun finishes the same as an uninterrupted run."""
+  cfg = _cfg(max_steps=5, batch_size=3)
+  init = lambda: model.init_params(CONFIG, jax.random.PRNGKey(0))  # noqa: E731
+
+  def interrupt_at_3(params, step):
+    del params
+    if step == 3:
+      raise KeyboardInterrupt()
+    return {}
+
+  workdir = str(tmp_path / "b")
+  with pytest.raises(KeyboardInterrupt):
+    sft.run_sft(CONFIG, init(), TOK, EXAMPLES, cfg, workdir, save_steps=100,
+                eval_fn=interrupt_at_3, eval_steps=1)
+  ck = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), save_steps=100)
+  assert ck.latest_step() == 3
+  ck.close()
+  resumed = sft.run_sft(CONFIG, init(), TOK, EXAMPLES, cfg, workdir, save_steps=100)
+  whole = sft.run_sft(CONFIG, init(), TOK, EXAMPLES, cfg, str(tmp_path / "a"), save_steps=100)
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+               whole["params"], resumed["params"])
