@@ -84,7 +84,7 @@ t0=$(date +%s)
 guard() {  # guard SECONDS CMD...: run CMD, interrupted (SIGINT) after SECONDS; never fails the script
   local secs=$1; shift
   set +e
-  timeout -s INT -k 20 "$secs" "$@"
+  timeout -s INT -k 60 "$secs" "$@"
   local rc=$?
   set -e
   if [[ $rc != 0 ]]; then echo "== exited with $rc (124/130: the ${secs} s guard was reached)"; fi

@@ -14,6 +14,8 @@
 # PRETRAIN_MEM_FRACTION (XLA_PYTHON_CLIENT_MEM_FRACTION of the pretraining process, so that another
 # job, e.g. `STAGE=small_base bash benchmarks/r1_gpu.sh`, can share the GPU meanwhile).
 # STAGE=rl reuses BASE from an earlier STAGE=pretrain on the same machine.
+# An RL stage cut by RL_TIME_S saves each seed's last step; STAGE=rl again on the same machine
+# resumes from there (a 10-minute device call can hold pretraining plus ~5 minutes of RL).
 #
 # What comes back in $OUT (at most 8 files, so that the device tool returns all of them):
 #   summary.json     first/last held-out pass@1, response length, reflection rate per seed
@@ -89,7 +91,7 @@ if [[ $STAGE == all || $STAGE == rl ]]; then
   # Several small runs share the GPU: each process gets a slice of its memory.
   MEM=${RL_MEM_FRACTION:-$(awk -v p="$PARALLEL" 'BEGIN { printf "%.2f", (p > 1) ? 0.9 / p : 0 }')}
   set +e
-  timeout -s INT -k 20 "$RL_TIME_S" "$PY" experiments/sweep.py \
+  timeout -s INT -k 60 "$RL_TIME_S" "$PY" experiments/sweep.py \
     --base_flagfile=experiments/configs/countdown_gpu.flags --grid="$GRID" --root="$ROOT" \
     --parallel="$PARALLEL" --mem_fraction="$MEM" "${EXTRA[@]}"
   rc=$?
