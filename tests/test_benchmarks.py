@@ -75,3 +75,15 @@ def test_short_prompt_len_is_named():
   with pytest.raises(SystemExit, match="--prompt_len=8 is shorter"):
     grpo_step.main(["--preset", "tiny", "--dtype", "float32", "--prompt_len", "8",
                     "--new_tokens", "4"])
+
+
+def test_concurrent_eval_small_rows_agree(capsys):
+  """The --small run: two concurrent CPU processes evaluate the committed base to the same
+  numbers (the property the GPU run checks), printed one row per process."""
+  import concurrent_eval  # pylint: disable=import-outside-toplevel
+  assert concurrent_eval.main(["--small"]) == 0
+  rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines()
+          if line.startswith("- | ")]
+  assert len(rows) == 2
+  assert rows[0][2:6] == rows[1][2:6]  # pass@1, format, length, truncated
+  assert float(rows[0][3]) > 0.5  # the base formats its answers: real completions were scored
