@@ -35,17 +35,7 @@ if [[ "${1:-}" == "--small" ]]; then SMALL=1; fi
 PY=${PYTHON:-python3}
 STAGE=${STAGE:-all}
 OUT=${OUT:-runs/r1_gpu_out}
-mkdir -p "$OUT"
-exec > >(tee -a "$OUT/log.txt") 2>&1
-export PYTHONUNBUFFERED=1
-
-if [[ -d .whl ]] && ! "$PY" -c "import tensorboardX, math_verify" 2>/dev/null; then
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-fi
-
-TASK_OPTIONS="min_count=3,max_count=3,max_number=10,max_target=50,question_style=short,num_test=200"
+source benchmarks/gpu_common.sh  # log.txt, wheels from .whl/, TASK_OPTIONS
 read -r -a R1_EXTRA <<< "${R1_FLAGS:-}"
 read -r -a DISTILL_EXTRA <<< "${DISTILL_FLAGS:-}"
 if [[ $SMALL == 1 ]]; then

@@ -36,19 +36,7 @@ SEEDS=${SEEDS:-"0 1 2"}
 read -r -a SEED_ARR <<< "$SEEDS"
 PARALLEL=${PARALLEL:-${#SEED_ARR[@]}}
 OUT=${OUT:-runs/r1_zero_gpu_out}
-mkdir -p "$OUT"
-exec > >(tee -a "$OUT/log.txt") 2>&1
-export PYTHONUNBUFFERED=1
-
-if [[ -d .whl ]] && ! "$PY" -c "import tensorboardX, math_verify" 2>/dev/null; then
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-fi
-"$PY" -c "import jax, tensorboardX, math_verify; print('JAX', jax.__version__, jax.devices())" || {
-  echo "missing Python packages: carry tensorboardX and math-verify wheels in .whl/" >&2; exit 2; }
-
-TASK_OPTIONS="min_count=3,max_count=3,max_number=10,max_target=50,question_style=short,num_test=200"
+source benchmarks/gpu_common.sh  # log.txt, wheels from .whl/, TASK_OPTIONS
 if [[ $SMALL == 1 ]]; then
   BASE=${BASE:-runs/r1_zero_gpu_small/base}
   ROOT=${ROOT:-runs/r1_zero_gpu_small}

@@ -90,6 +90,19 @@ class Crash(Exception):
   pass
 
 
+def reward_failing_at(call: int, exc: type):
+  """toy_reward that raises `exc` on its `call`-th call (the rollout of step `call`)."""
+  calls = {"n": 0}
+
+  def reward(completions, problems):
+    calls["n"] += 1
+    if calls["n"] == call:
+      raise exc()
+    return toy_reward(completions, problems)
+
+  return reward
+
+
 def strip(rows):
   return [{k: v for k, v in r.items() if not any(s in k for s in TIMING)} for r in rows]
 
@@ -101,17 +114,10 @@ def test_killed_and_resumed_run_equals_uninterrupted(tmp_path):
   params_b = jax.tree.map(np.array, params)  # run A's state owns (and donates) `params`
   state_a = runner.run_grpo(t, params, run_a)
 
-  calls = {"n": 0}
-
-  def crashing_reward(completions, problems):
-    calls["n"] += 1
-    if calls["n"] == 4:  # dies during step 4, after the checkpoint of step 2 and step 3's log
-      raise Crash()
-    return toy_reward(completions, problems)
-
   run_b = runner.RunConfig(workdir=str(tmp_path / "b"), save_steps=2, plot=False)
   t_b, _ = make_trainer()
-  t_b.reward_fn = crashing_reward
+  # Dies during step 4, after the checkpoint of step 2 and step 3's log.
+  t_b.reward_fn = reward_failing_at(4, Crash)
   with pytest.raises(Crash):
     runner.run_grpo(t_b, jax.tree.map(np.array, params_b), run_b)
   assert len(logs.read_jsonl(os.path.join(run_b.workdir, "metrics.jsonl"))) == 3
@@ -128,17 +134,10 @@ def test_killed_and_resumed_run_equals_uninterrupted(tmp_path):
 
 def test_interrupt_saves_the_last_finished_step(tmp_path):
   """SIGINT (Ctrl-C, a time guard) between checkpoints keeps the steps done so far."""
-  calls = {"n": 0}
-
-  def interrupted_reward(completions, problems):
-    calls["n"] += 1
-    if calls["n"] == 4:  # in step 4's rollout: steps 1-3 are done, the last checkpoint is 2
-      raise KeyboardInterrupt()
-    return toy_reward(completions, problems)
-
   run = runner.RunConfig(workdir=str(tmp_path / "run"), save_steps=2, plot=False)
   t, params = make_trainer()
-  t.reward_fn = interrupted_reward
+  # In step 4's rollout: steps 1-3 are done, the last checkpoint is step 2's.
+  t.reward_fn = reward_failing_at(4, KeyboardInterrupt)
   with pytest.raises(KeyboardInterrupt):
     runner.run_grpo(t, params, run)
   ck = checkpoint.Checkpointer(os.path.join(run.workdir, "checkpoints"), save_steps=2)
