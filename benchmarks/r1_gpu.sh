@@ -77,7 +77,8 @@ guard() {  # guard SECONDS CMD...: run CMD, interrupted (SIGINT) after SECONDS; 
   timeout -s INT -k 60 "$secs" "$@"
   local rc=$?
   set -e
-  if [[ $rc != 0 ]]; then echo "== exited with $rc (124/130: the ${secs} s guard was reached)"; fi
+  if [[ $rc == 124 || $rc == 130 ]]; then echo "== stopped by the ${secs} s guard (exit $rc)"
+  elif [[ $rc != 0 ]]; then echo "== failed with exit $rc"; fi
 }
 
 if [[ $STAGE == all || $STAGE == small_base ]] && [[ ! -f $SMALL_BASE/config.json ]]; then
