@@ -10,6 +10,8 @@
 # seeds), RL_STEPS, PRETRAIN_STEPS, PRETRAIN_TIME_S (a guard: pretraining stops there),
 # RL_TIME_S (a guard: RL is interrupted there and the curves drawn from what was logged),
 # BASE (checkpoint dir), ROOT (run dirs), OUT (where results are copied; the device tool's $OUT),
+# GRID (a sweep.py --grid instead of the seeds, e.g. GRID=loss_type=grpo,dr_grpo,dapo with
+# ROOT=runs/ablate_loss STAGE=rl for the GPU-scale ablations; PARALLEL defaults to 3 then),
 # RL_MEM_FRACTION (each seed's share of GPU memory; default 0.9 / PARALLEL),
 # PRETRAIN_MEM_FRACTION (XLA_PYTHON_CLIENT_MEM_FRACTION of the pretraining process, so that another
 # job, e.g. `STAGE=small_base bash benchmarks/r1_gpu.sh`, can share the GPU meanwhile).
@@ -35,6 +37,7 @@ STAGE=${STAGE:-all}
 SEEDS=${SEEDS:-"0 1 2"}
 read -r -a SEED_ARR <<< "$SEEDS"
 PARALLEL=${PARALLEL:-${#SEED_ARR[@]}}
+GRID=${GRID:-"seed=$(IFS=,; echo "${SEED_ARR[*]}")"}
 OUT=${OUT:-runs/r1_zero_gpu_out}
 source benchmarks/gpu_common.sh  # log.txt, wheels from .whl/, TASK_OPTIONS
 if [[ $SMALL == 1 ]]; then
@@ -72,7 +75,6 @@ fi
 
 if [[ $STAGE == all || $STAGE == rl ]]; then
   [[ -f "$BASE/config.json" ]] || { echo "no base checkpoint at $BASE (run STAGE=pretrain)" >&2; exit 2; }
-  GRID="seed=$(IFS=,; echo "${SEED_ARR[*]}")"
   EXTRA=(--extra=--init_checkpoint="$BASE")
   for f in "${RL_FLAGS[@]}"; do EXTRA+=(--extra="$f"); done
   echo "== GRPO, $GRID, $PARALLEL at a time, into $ROOT"
@@ -88,8 +90,8 @@ if [[ $STAGE == all || $STAGE == rl ]]; then
     echo "== sweep exited with $rc (124/130: RL_TIME_S=$RL_TIME_S reached); drawing what was logged"
     "$PY" experiments/sweep.py --base_flagfile=experiments/configs/countdown_gpu.flags \
       --grid="$GRID" --root="$ROOT" --plot_only
-    for s in "${SEED_ARR[@]}"; do
-      "$PY" -c "import sys; from r1jax import logs; logs.plot_run(sys.argv[1])" "$ROOT/seed=$s" || true
+    for d in "$ROOT"/*=*/; do
+      "$PY" -c "import sys; from r1jax import logs; logs.plot_run(sys.argv[1])" "$d" || true
     done
   fi
   echo "== RL done at $(( $(date +%s) - t0 )) s"
@@ -103,8 +105,8 @@ for f in "$ROOT"/summary.json "$ROOT"/pass_1.png "$ROOT"/completion_length_mean.
 done
 tar_items=()
 for p in "$BASE"/README.md "$BASE"/loss.png "$BASE"/samples.jsonl "$BASE"/pretrain_metrics.jsonl \
-         "$ROOT"/*.log "$ROOT"/seed=*/metrics.jsonl "$ROOT"/seed=*/eval_metrics.jsonl \
-         "$ROOT"/seed=*/*.png "$ROOT"/seed=*/samples; do
+         "$ROOT"/*.log "$ROOT"/*=*/metrics.jsonl "$ROOT"/*=*/eval_metrics.jsonl \
+         "$ROOT"/*=*/*.png "$ROOT"/*=*/samples; do
   [[ -e $p ]] && tar_items+=("$p")
 done
 if (( ${#tar_items[@]} )); then tar czf "$OUT/results.tar.gz" "${tar_items[@]}"; fi
