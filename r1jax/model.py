@@ -248,40 +248,45 @@ def unembed(params: Params, hidden: jax.Array, config: ModelConfig) -> jax.Array
 # before slots so that both attention products are plain batched matmuls over (row, kv head).
 
 
-def decode_weights(params: Params, config: ModelConfig) -> list[Params]:
-  """Per-layer weights for `decode_step`, with q/k/v and gate/up fused into one matmul each.
+def decode_weights(params: Params, config: ModelConfig) -> tuple[Params, list[Params]]:
+  """The weights of `decode_step`, in the compute dtype, with q/k/v and gate/up fused.
 
-  Returns L dicts: attn_norm [D], w_qkv [D,N,G+2,K] (for each kv head: its G query heads, then
-  its key, then its value, so a tensor-parallel split over kv heads stays local), b_qkv
-  [N,G+2,K] (Qwen2), wo [H,K,D], mlp_norm [D], w_gate_up [D,2,F], w_down [F,D]. A copy of the
-  layer weights: run it outside the decode loop, once per generation.
+  Returns (head, layers). head: the params without "layers", the embedding (and lm_head) cast
+  to the compute dtype. layers: L dicts of attn_norm [D], w_qkv [D,N,G+2,K] (for each kv head:
+  its G query heads, then its key, then its value, so a tensor-parallel split over kv heads
+  stays local), b_qkv [N,G+2,K] (Qwen2), wo [H,K,D], mlp_norm [D], w_gate_up [D,2,F],
+  w_down [F,D]; the matmul weights in the compute dtype (norm weights as stored: RMSNorm runs in
+  float32). A copy of the weights: run it outside the decode loop, once per generation, so that
+  float32 master weights are not converted again at every token.
   """
+  dtype = config.compute_dtype
   n, g, k = config.num_kv_heads, config.num_heads // config.num_kv_heads, config.head_dim
-  out = []
+  head = {name: (w.astype(dtype) if name in ("embed", "lm_head") else w)
+          for name, w in params.items() if name != "layers"}
+  layers = []
   for i in range(config.num_layers):
     p = jax.tree.map(lambda x, i=i: x[i], params["layers"])
     d = p["wq"].shape[0]
     layer = {
-        "attn_norm": p["attn_norm"], "wo": p["wo"], "mlp_norm": p["mlp_norm"],
-        "w_down": p["w_down"],
+        "attn_norm": p["attn_norm"], "mlp_norm": p["mlp_norm"],
+        "wo": p["wo"].astype(dtype), "w_down": p["w_down"].astype(dtype),
         "w_qkv": jnp.concatenate([p["wq"].reshape(d, n, g, k), p["wk"][:, :, None],
-                                  p["wv"][:, :, None]], axis=2),
-        "w_gate_up": jnp.stack([p["w_gate"], p["w_up"]], axis=1),
+                                  p["wv"][:, :, None]], axis=2).astype(dtype),
+        "w_gate_up": jnp.stack([p["w_gate"], p["w_up"]], axis=1).astype(dtype),
     }
     if config.qkv_bias:
       layer["b_qkv"] = jnp.concatenate([p["bq"].reshape(n, g, k), p["bk"][:, None],
-                                        p["bv"][:, None]], axis=1)
-    out.append(layer)
-  return out
+                                        p["bv"][:, None]], axis=1).astype(dtype)
+    layers.append(layer)
+  return head, layers
 
 
-def decode_step(params: Params, layers: list[Params], config: ModelConfig, token: jax.Array,
+def decode_step(head: Params, layers: list[Params], config: ModelConfig, token: jax.Array,
                 position: jax.Array, kv_mask: jax.Array, cache: tuple, slot):
   """One token per row through the decoder, reading and writing a per-layer KV cache.
 
   Args:
-    params: the model's params (embedding, final norm, unembedding).
-    layers: `decode_weights(params, config)`.
+    head, layers: `decode_weights(params, config)` (matmul weights in the compute dtype).
     token, position: [R] int, the token fed at slot `slot` and its RoPE position.
     kv_mask: [R,S] bool, valid slots, `slot` included.
     cache: L pairs (k, v), each [R,N,S,K].
@@ -292,15 +297,15 @@ def decode_step(params: Params, layers: list[Params], config: ModelConfig, token
   dtype = config.compute_dtype
   r, k = token.shape[0], config.head_dim
   n, g = config.num_kv_heads, config.num_heads // config.num_kv_heads
-  x = jnp.take(params["embed"], token[:, None], axis=0).astype(dtype)  # [R,1,D]
+  x = jnp.take(head["embed"], token[:, None], axis=0)  # [R,1,D]
   positions = position[:, None]
   valid = kv_mask[:, None, None, :]  # [R,1,1,S]
   new_cache = []
   for p, (ck, cv) in zip(layers, cache):
     h = rms_norm(x, p["attn_norm"], config.rms_norm_eps).astype(dtype)
-    qkv = jnp.einsum("btd,dngk->btngk", h, p["w_qkv"].astype(dtype))  # [R,1,N,G+2,K]
+    qkv = jnp.einsum("btd,dngk->btngk", h, p["w_qkv"])  # [R,1,N,G+2,K]
     if config.qkv_bias:
-      qkv = qkv + p["b_qkv"].astype(dtype)
+      qkv = qkv + p["b_qkv"]
     q = rotary(qkv[:, :, :, :g].reshape(r, 1, n * g, k), positions, config.rope_theta)
     kk = rotary(qkv[:, :, :, g], positions, config.rope_theta)  # [R,1,N,K]
     ck = jax.lax.dynamic_update_slice(ck, kk.swapaxes(1, 2).astype(ck.dtype), (0, 0, slot, 0))
@@ -313,13 +318,13 @@ def decode_step(params: Params, layers: list[Params], config: ModelConfig, token
     scores = jnp.where(valid, scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
     attn = jnp.einsum("rngs,rnsk->rngk", probs, cv.astype(dtype)).reshape(r, 1, n * g, k)
-    x = x + jnp.einsum("bthk,hkd->btd", attn, p["wo"].astype(dtype))
+    x = x + jnp.einsum("bthk,hkd->btd", attn, p["wo"])
     h = rms_norm(x, p["mlp_norm"], config.rms_norm_eps).astype(dtype)
-    gate_up = jnp.einsum("btd,dcf->btcf", h, p["w_gate_up"].astype(dtype))
+    gate_up = jnp.einsum("btd,dcf->btcf", h, p["w_gate_up"])
     act = jax.nn.silu(gate_up[:, :, 0]) * gate_up[:, :, 1]
-    x = x + jnp.einsum("btf,fd->btd", act, p["w_down"].astype(dtype))
-  x = rms_norm(x, params["final_norm"], config.rms_norm_eps).astype(dtype)
-  return unembed(params, x[:, 0], config), tuple(new_cache)
+    x = x + jnp.einsum("btf,fd->btd", act, p["w_down"])
+  x = rms_norm(x, head["final_norm"], config.rms_norm_eps).astype(dtype)
+  return unembed(head, x[:, 0], config), tuple(new_cache)
 
 
 def init_cache(config: ModelConfig, batch: int, length: int, dtype=None) -> KVCache:

@@ -266,7 +266,7 @@ def _generate(params, config: ModelConfig, prompt_tokens, prompt_mask, key,
     x = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, s - p), (0, 0)))
     return [constrain(x[i]) for i in range(config.num_layers)]
 
-  layers = model.decode_weights(params, config)  # unstacked once, outside the decode loop
+  head, layers = model.decode_weights(params, config)  # once, outside the decode loop
   prompt_tokens = jnp.repeat(prompt_tokens, g, axis=0)
   prompt_mask = jnp.repeat(prompt_mask, g, axis=0)
   prompt_lengths = jnp.sum(prompt_mask, axis=-1, dtype=jnp.int32)  # [R]
@@ -294,7 +294,7 @@ def _generate(params, config: ModelConfig, prompt_tokens, prompt_mask, key,
     t = state.step
     slot = p + t
     kv_mask = jax.lax.dynamic_update_slice(state.kv_mask, jnp.ones((r, 1), bool), (0, slot))
-    logits, cache = model.decode_step(params, layers, config, state.last, prompt_lengths + t,
+    logits, cache = model.decode_step(head, layers, config, state.last, prompt_lengths + t,
                                       kv_mask, state.cache, slot)
     cache = tuple((constrain(k), constrain(v)) for k, v in cache)
     state = state._replace(step=t + 1, logits=logits, cache=cache, kv_mask=kv_mask)
