@@ -95,7 +95,8 @@ def evaluate(args) -> dict:
 
 
 def run_setting(argv, args, xla_flags: str) -> list[dict]:
-  """--processes concurrent workers with XLA_FLAGS=xla_flags; their reports (or errors)."""
+  """--processes concurrent workers with XLA_FLAGS=xla_flags (from the environment; a worker
+  ignores its --xla_flags arguments); their reports (or errors)."""
   env = dict(os.environ, XLA_FLAGS=xla_flags,
              XLA_PYTHON_CLIENT_MEM_FRACTION=f"{0.9 / args.processes:.2f}")
   cmd = [sys.executable, os.path.abspath(__file__), *argv, "--worker"]
@@ -118,18 +119,12 @@ def main(argv=None) -> int:
   if args.worker:
     print(json.dumps(evaluate(args)), flush=True)
     return 0
-  worker_argv, skip = [], False  # the workers get their XLA_FLAGS from the environment
-  for a in argv:
-    if skip or a.startswith("--xla_flags"):
-      skip = a == "--xla_flags"
-      continue
-    worker_argv.append(a)
   print(f"checkpoint {args.checkpoint}: {args.num_problems} problems x {args.num_samples} "
         f"samples, {args.new_tokens} new tokens, {args.dtype}, {args.processes} processes")
   print("XLA_FLAGS | process | pass@1 | format | mean length | truncated | seconds")
   failed = 0
   for flags_ in args.xla_flags:
-    for i, r in enumerate(run_setting(worker_argv, args, flags_)):
+    for i, r in enumerate(run_setting(argv, args, flags_)):
       if "error" in r:
         failed += 1
         print(f"{flags_ or '-'} | {i} | error: {r['error']}")
