@@ -107,9 +107,10 @@ def child_env(environ: dict, parallel: int, mem_fraction: float = 0.0,
 
 
 def run_all(commands: dict[str, list[str]], root: str, parallel: int,
-            env: Optional[dict] = None) -> dict[str, int]:
+            env: Optional[dict] = None, stop_timeout_s: float = 50.0) -> dict[str, int]:
   """Runs the commands, `parallel` at a time, each logging to <root>/<name>.log; returns the
-  exit codes by name."""
+  exit codes by name. Interrupted, it sends each running command one SIGINT and gives it
+  `stop_timeout_s` to save before killing it."""
   pending, running, codes = list(commands.items()), {}, {}
   try:
     while pending or running:
@@ -117,8 +118,10 @@ def run_all(commands: dict[str, list[str]], root: str, parallel: int,
         name, cmd = pending.pop(0)
         log = open(os.path.join(root, f"{name}.log"), "a")  # pylint: disable=consider-using-with
         print(f"[sweep] start {name}: {' '.join(cmd)}", flush=True)
-        running[name] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env),
-                         log, time.time())
+        # A session of its own: a Ctrl-C or a time guard's SIGINT to the sweep's process group
+        # reaches each run once, forwarded below (two would stop it inside a step).
+        running[name] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                          start_new_session=True), log, time.time())
       for name, (proc, log, t0) in list(running.items()):
         if proc.poll() is not None:
           log.close()
@@ -127,12 +130,13 @@ def run_all(commands: dict[str, list[str]], root: str, parallel: int,
                 flush=True)
           del running[name]
       time.sleep(0.2)
-  finally:  # interrupted (e.g. a time limit): stop the runs still going, politely first
+  finally:  # interrupted (e.g. a time limit): stop the runs still going, politely first; each
+    # finishes its step in progress (an evaluation too) and saves it.
     for name, (proc, log, _) in running.items():
       proc.send_signal(signal.SIGINT)
     for name, (proc, log, _) in running.items():
       try:
-        proc.wait(timeout=30)
+        proc.wait(timeout=stop_timeout_s)
       except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
+import threading
 from typing import Any, Optional
 
 import jax
@@ -114,3 +116,37 @@ def save_on_interrupt(ckpt: Checkpointer, state: Any, meta: Optional[dict] = Non
   if step > 0 and ckpt.latest_step() != step:
     ckpt.save(step, state, meta=meta, force=True)
     log.warning("interrupted: saved the state of step %d", step)
+
+
+class StopAtStepBoundary:
+  """Within a training loop: the first SIGINT (Ctrl-C, a time guard's `timeout -s INT`) lets the
+  step in progress finish, and `check()` at the next step boundary raises KeyboardInterrupt, so
+  the loop's handler saves a whole, just-finished step (an interrupt inside a jitted update whose
+  buffers were donated has nothing to save). A second SIGINT interrupts at once. Before
+  `install()`, after `uninstall()`, and off the main thread (where handlers cannot be set),
+  SIGINT acts as usual."""
+
+  def __init__(self):
+    self.requested = False
+    self._old = None
+
+  def _handler(self, signum, frame):
+    del frame
+    if self.requested:
+      raise KeyboardInterrupt()
+    self.requested = True
+    log.warning("signal %d: stopping after the step in progress (again to stop at once)",
+                signum)
+
+  def install(self):
+    if threading.current_thread() is threading.main_thread():
+      self._old = signal.signal(signal.SIGINT, self._handler)
+
+  def check(self):
+    if self.requested:
+      raise KeyboardInterrupt("stopped at a step boundary")
+
+  def uninstall(self):
+    if self._old is not None:
+      signal.signal(signal.SIGINT, self._old)
+      self._old = None

@@ -293,7 +293,10 @@ for _name in ("math_verify.parser", "math_verify.grader"):
 def _init_worker():
   # Warms math-verify's import (seconds) before the first math reward. Must never raise: a
   # multiprocessing.Pool whose initializer fails respawns workers forever (seen on a machine
-  # without math-verify scoring Countdown, which does not need it).
+  # without math-verify scoring Countdown, which does not need it). Ignores SIGINT: Ctrl-C or a
+  # time guard reaches the whole process group, and the trainer finishes its step (rewards
+  # included) before it stops (checkpoint.StopAtStepBoundary); the pool ends with the parent.
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
   try:
     import math_verify  # pylint: disable=import-outside-toplevel,unused-import
   except ImportError:

@@ -95,11 +95,14 @@ def run_grpo(trainer: GRPOTrainer, params, run: RunConfig, *, eval_fn: Optional[
     log.info("eval step %d: %s", step,
              " ".join(f"{k}={v:.3f}" for k, v in report.items() if isinstance(v, float)))
 
+  stop = checkpoint.StopAtStepBoundary()
   try:
+    stop.install()
     if start == 0:
       evaluate(0)
     ro = None
     for step in range(start, max_steps):
+      stop.check()
       state, metrics, ro = trainer.step(state)
       metrics["reflection_rate"] = reflection_rate(ro.completions)
       writer.write(metrics)
@@ -126,6 +129,7 @@ def run_grpo(trainer: GRPOTrainer, params, run: RunConfig, *, eval_fn: Optional[
     checkpoint.save_on_interrupt(ckpt, state, meta)
     raise
   finally:
+    stop.uninstall()
     writer.close()
     eval_writer.close()
     ckpt.close()

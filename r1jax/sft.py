@@ -270,8 +270,11 @@ def run_sft(model_config: ModelConfig, params, tokenizer, examples: Sequence[Exa
   writer = logs.MetricsWriter(workdir, resume_step=start)
   eval_writer = logs.MetricsWriter(workdir, resume_step=start, filename="eval_metrics.jsonl",
                                    tensorboard=False)
+  stop = checkpoint.StopAtStepBoundary()
   try:
+    stop.install()
     for step in range(start, min(cfg.max_steps, stop_at or cfg.max_steps)):
+      stop.check()
       t0 = time.perf_counter()
       position = int(state["data_position"])
       batch = encode_batch(tokenizer, stream.get(position, cfg.batch_size),
@@ -313,6 +316,7 @@ def run_sft(model_config: ModelConfig, params, tokenizer, examples: Sequence[Exa
     checkpoint.save_on_interrupt(ckpt, state, meta)
     raise
   finally:
+    stop.uninstall()
     writer.close()
     eval_writer.close()
     ckpt.close()

@@ -3,6 +3,7 @@ memorized, and a run cut short resumes exactly."""
 
 import json
 import os
+import signal
 
 import jax
 import numpy as np
@@ -195,3 +196,28 @@ def test_interrupted_sft_keeps_its_last_step(tmp_path):
   whole = sft.run_sft(CONFIG, init(), TOK, EXAMPLES, cfg, str(tmp_path / "a"), save_steps=100)
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
                whole["params"], resumed["params"])
+
+
+def test_a_signal_mid_step_saves_that_step(tmp_path):
+  """A real SIGINT during step 2's evaluation: the evaluation finishes, step 2 is saved, and the
+  run stops before step 3."""
+  cfg = _cfg(max_steps=5, batch_size=3)
+  seen = []
+
+  def signal_at_2(params, step):
+    del params
+    seen.append(step)
+    if step == 2:
+      os.kill(os.getpid(), signal.SIGINT)
+    return {"done": 1.0}
+
+  workdir = str(tmp_path / "run")
+  with pytest.raises(KeyboardInterrupt):
+    sft.run_sft(CONFIG, model.init_params(CONFIG, jax.random.PRNGKey(0)), TOK, EXAMPLES, cfg,
+                workdir, save_steps=100, eval_fn=signal_at_2, eval_steps=1)
+  assert seen == [1, 2]
+  assert [r["step"] for r in logs.read_jsonl(os.path.join(workdir, "eval_metrics.jsonl"))] == [
+      1, 2]
+  ck = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), save_steps=100)
+  assert ck.latest_step() == 2
+  ck.close()

@@ -2,8 +2,10 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -102,3 +104,35 @@ def test_child_env_turns_gpu_autotuning_off_for_parallel_runs():
   tuned = dict(base, XLA_FLAGS="--xla_gpu_autotune_level=4")
   assert sweep.child_env(tuned, parallel=3)["XLA_FLAGS"] == "--xla_gpu_autotune_level=4"
   assert "XLA_FLAGS" not in sweep.child_env({}, parallel=2, autotune=True)
+
+
+COUNTING_CHILD = r"""
+import os, signal, sys, time
+got = []
+signal.signal(signal.SIGINT, lambda *a: got.append(1))
+open(sys.argv[1] + ".ready", "w").close()
+deadline = time.time() + 20
+while not got and time.time() < deadline:
+  time.sleep(0.05)
+time.sleep(1.0)  # "finishing its step": a second SIGINT would arrive in here
+open(sys.argv[1], "w").write(str(len(got)))
+"""
+
+
+def test_interrupted_sweep_signals_each_run_once(tmp_path):
+  """SIGINT to the sweep's whole process group (Ctrl-C, `timeout -s INT`) reaches each run
+  exactly once: twice would stop a run inside its step, before it saves."""
+  child = tmp_path / "child.py"
+  child.write_text(COUNTING_CHILD)
+  counts = [str(tmp_path / f"count{i}") for i in range(2)]
+  driver = (f"import sys; sys.path.insert(0, {os.path.join(REPO, 'experiments')!r}); import sweep; "
+            f"sweep.run_all({{'a': [sys.executable, {str(child)!r}, {counts[0]!r}], "
+            f"'b': [sys.executable, {str(child)!r}, {counts[1]!r}]}}, {str(tmp_path)!r}, 2)")
+  proc = subprocess.Popen([sys.executable, "-c", driver], start_new_session=True)
+  deadline = time.time() + 60
+  while not all(os.path.exists(c + ".ready") for c in counts):
+    assert time.time() < deadline and proc.poll() is None
+    time.sleep(0.05)
+  os.killpg(proc.pid, signal.SIGINT)
+  proc.wait(timeout=60)
+  assert [open(c).read() for c in counts] == ["1", "1"]

@@ -2,6 +2,8 @@
 
 import dataclasses
 import os
+import signal
+import time
 
 import jax
 import numpy as np
@@ -144,6 +146,51 @@ def test_interrupt_saves_the_last_finished_step(tmp_path):
   assert ck.latest_step() == 3
   ck.close()
   assert len(logs.read_jsonl(os.path.join(run.workdir, "metrics.jsonl"))) == 3
+
+
+def test_a_signal_mid_step_finishes_and_saves_that_step(tmp_path):
+  """A real SIGINT during step 3's rollout: step 3 still runs to the end (rewards, update, log)
+  and is saved, then the run stops with KeyboardInterrupt; the rerun does steps 4-5 only."""
+  run = runner.RunConfig(workdir=str(tmp_path / "run"), save_steps=100, plot=False)
+  t, params = make_trainer(max_steps=5)
+  calls = {"n": 0}
+
+  def reward(completions, problems):
+    calls["n"] += 1
+    if calls["n"] == 3:
+      os.kill(os.getpid(), signal.SIGINT)  # handled at once, between bytecodes
+    return toy_reward(completions, problems)
+
+  t.reward_fn = reward
+  with pytest.raises(KeyboardInterrupt):
+    runner.run_grpo(t, params, run)
+  assert calls["n"] == 3
+  ck = checkpoint.Checkpointer(os.path.join(run.workdir, "checkpoints"), save_steps=100)
+  assert ck.latest_step() == 3
+  ck.close()
+  assert [r["step"] for r in logs.read_jsonl(os.path.join(run.workdir, "metrics.jsonl"))] == [
+      1, 2, 3]
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler given back
+  t2, params2 = make_trainer(max_steps=5)
+  runner.run_grpo(t2, params2, run)
+  assert [r["step"] for r in logs.read_jsonl(os.path.join(run.workdir, "metrics.jsonl"))] == [
+      1, 2, 3, 4, 5]
+
+
+def test_second_signal_stops_at_once():
+  stop = checkpoint.StopAtStepBoundary()
+  stop.install()
+  try:
+    os.kill(os.getpid(), signal.SIGINT)
+    assert stop.requested  # the first one only asks
+    with pytest.raises(KeyboardInterrupt):
+      os.kill(os.getpid(), signal.SIGINT)
+      time.sleep(1)  # not reached: the handler raises
+    with pytest.raises(KeyboardInterrupt):
+      stop.check()
+  finally:
+    stop.uninstall()
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_checkpoint_of_another_shape_is_refused(tmp_path):
