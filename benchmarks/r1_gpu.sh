@@ -124,6 +124,7 @@ for p in "$SMALL_BASE"/README.md "$SMALL_BASE"/loss.png "$SMALL_BASE"/pretrain_m
          "$DISTILL_DIR"/table.md "$DISTILL_DIR"/*.json "$DISTILL_DIR"/*_samples.jsonl \
          "$DISTILL_DIR"/*/*.jsonl "$DISTILL_DIR"/*/*.json "$DISTILL_DIR"/*/*.png \
          "$DISTILL_DIR"/*/*/*.jsonl "$DISTILL_DIR"/*/*/*.json "$DISTILL_DIR"/*/*/*.png; do
+  [[ -e $p ]] || continue  # a literal path of a stage that did not run (tar would fail)
   # The sampled data sets are large; keep their first 200 lines.
   case $p in
     *rejection_samples.jsonl|*sft_data.jsonl|*traces*.jsonl|*rejection.jsonl)
