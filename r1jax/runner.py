@@ -98,8 +98,12 @@ def run_grpo(trainer: GRPOTrainer, params, run: RunConfig, *, eval_fn: Optional[
   stop = checkpoint.StopAtStepBoundary()
   try:
     stop.install()
-    if start == 0:
-      evaluate(0)
+    # The evaluation due at the starting step, unless an earlier try of this run wrote it (a run
+    # stopped after evaluating step 0 but before its first checkpoint), or skipped it (a run
+    # that died inside the evaluation after its checkpoint).
+    due = start == 0 or (run.eval_steps and start % run.eval_steps == 0 and start < max_steps)
+    if due and start not in {r.get("step") for r in logs.read_jsonl(eval_writer.path)}:
+      evaluate(start)
     ro = None
     for step in range(start, max_steps):
       stop.check()

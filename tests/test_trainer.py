@@ -177,6 +177,34 @@ def test_a_signal_mid_step_finishes_and_saves_that_step(tmp_path):
       1, 2, 3, 4, 5]
 
 
+def test_resumed_run_evaluates_each_step_once(tmp_path):
+  """Eval rows stay one per evaluation step across restarts: a run that dies in step 1 (after
+  the step-0 evaluation, before any checkpoint) does not evaluate step 0 again, and one that
+  dies inside the step-2 evaluation (after checkpoint 2) evaluates step 2 when it resumes."""
+  run = runner.RunConfig(workdir=str(tmp_path / "run"), save_steps=2, eval_steps=2, plot=False)
+  calls = []
+
+  def eval_fn(params, step, fail_at=None):
+    del params
+    calls.append(step)
+    if step == fail_at:
+      raise Crash()
+    return {"score": float(step)}, []
+
+  t, params = make_trainer(max_steps=4)
+  t.reward_fn = reward_failing_at(1, Crash)
+  with pytest.raises(Crash):
+    runner.run_grpo(t, params, run, eval_fn=eval_fn)
+  t, params = make_trainer(max_steps=4)
+  with pytest.raises(Crash):
+    runner.run_grpo(t, params, run, eval_fn=lambda p, s: eval_fn(p, s, fail_at=2))
+  t, params = make_trainer(max_steps=4)
+  runner.run_grpo(t, params, run, eval_fn=eval_fn)
+  assert calls == [0, 2, 2, 4]
+  rows = logs.read_jsonl(os.path.join(run.workdir, "eval_metrics.jsonl"))
+  assert [r["step"] for r in rows] == [0, 2, 4]
+
+
 def test_second_signal_stops_at_once():
   stop = checkpoint.StopAtStepBoundary()
   stop.install()
