@@ -1,21 +1,26 @@
 #!/usr/bin/env bash
-# The miniature's GPU experiments side by side on one GPU, inside one wall-clock budget:
-#   track A  R1-Zero seeds (benchmarks/r1_zero_gpu.sh, countdown_gpu.flags), then an ablation grid
-#   track B  the R1 pipeline, then distillation vs. RL on the small student (benchmarks/r1_gpu.sh)
-# after pretraining both base models at once. Every part resumes: run the script again on the
-# same machine (a later device call while it is still warm) and each track continues from its
-# checkpoints; finished runs are skipped.
+# The miniature's GPU experiments as one queue on one GPU, inside one wall-clock budget, one
+# process on the GPU at a time:
+#   1. the medium (~25M) base and the small (~1.6M) student base (experiments/pretrain_base.py)
+#   2. R1-Zero, three seeds (benchmarks/r1_zero_gpu.sh, countdown_gpu.flags)      issue 4
+#   3. the R1 pipeline, then distillation vs. RL (benchmarks/r1_gpu.sh)           issue 6
+#   4. an ablation grid at the GPU scale (ABLATION_GRID)                          issue 4
+# Every part resumes: run the script again on the same machine (a later device call while it is
+# still warm) and the queue continues from the checkpoints; finished parts are skipped.
 #
-#   DEADLINE_S=560 bash benchmarks/gpu_all.sh     # one device call of at most 600 s
-#   bash benchmarks/gpu_all.sh --small            # CPU check of the plumbing (~6 min)
+#   DEADLINE_S=550 bash benchmarks/gpu_all.sh     # one device call of at most 600 s
+#   bash benchmarks/gpu_all.sh --small            # CPU check of the plumbing (~5 min)
 #
-# All processes run with XLA's GPU autotuning off: processes that compile at once on one GPU got
-# kernels that sampled corrupted text (docs/r1_zero_gpu.md). GRACE_S before DEADLINE_S every run
-# gets a SIGINT, finishes its step in progress and saves it (checkpoint.StopAtStepBoundary).
+# Why one process at a time: several processes compiling at once on one GPU got kernels that
+# sampled corrupted text (docs/r1_zero_gpu.md), and turning XLA's autotuning off against that, as
+# experiments/sweep.py does for parallel runs, cost ~5x in the update step and ~10x in pretraining
+# on an H200 (2026-12-01, same document). PARALLEL=3 runs the seeds at once anyway (autotuning
+# off). GRACE_S before DEADLINE_S the running job gets a SIGINT, finishes its step and saves it
+# (checkpoint.StopAtStepBoundary).
 #
-# Environment (optional): DEADLINE_S (560), GRACE_S (60), ABLATION_GRID (a sweep.py --grid for
-# track A after the seeds; default loss_type=dr_grpo,dapo; empty: none), ABLATION_STEPS (50),
-# R1_FLAGS (default: 80 reasoning-RL steps and 40 final ones), SEED_MEM, R1_MEM (memory shares).
+# Environment (optional): DEADLINE_S (550), GRACE_S (60), PARALLEL (1), ABLATION_GRID (default
+# loss_type=dr_grpo,dapo; empty: none), ABLATION_STEPS (50), R1_FLAGS (default: 80 reasoning-RL
+# steps and 40 final ones), ALLOW_PARTIAL_BASE=1 (train on a base that --time_limit_s cut short).
 #
 # What comes back in $OUT (at most 8 files): log.txt, r1_zero.tar.gz and r1.tar.gz (each script's
 # results), summary.json (the seeds), ablation_summary.json, r1_summary.md, distill_table.md.
@@ -26,22 +31,22 @@ SMALL=()
 if [[ "${1:-}" == "--small" ]]; then SMALL=(--small); fi
 PY=${PYTHON:-python3}
 OUT=${OUT:-runs/gpu_all_out}
-# log.txt; the wheels the GPU image lacks, installed once here for every job below (two scripts
-# installing into one folder at once could break it).
-source benchmarks/gpu_common.sh
-export XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_autotune_level=0"
-DEADLINE_S=${DEADLINE_S:-560}
+source benchmarks/gpu_common.sh  # log.txt; the wheels the GPU image lacks, installed once here
+DEADLINE_S=${DEADLINE_S:-550}
 GRACE_S=${GRACE_S:-60}
+PARALLEL=${PARALLEL:-1}
 ABLATION_GRID=${ABLATION_GRID-loss_type=dr_grpo,dapo}
 ABLATION_STEPS=${ABLATION_STEPS:-50}
 R1_FLAGS=${R1_FLAGS:---max_steps=80 --final_rl_max_steps=40 --eval_steps=40}
+SEEDS=${SEEDS:-"0 1 2"}
 if (( ${#SMALL[@]} )); then
-  TAG=_small; R1_FLAGS=${R1_FLAGS_SMALL:-}; ABLATION_STEPS=2
+  TAG=_small; R1_FLAGS=${R1_FLAGS_SMALL:-}; ABLATION_STEPS=2; RL_STEPS=3
   MEDIUM=runs/r1_zero_gpu_small/base; SMALL_BASE=runs/r1_gpu_small/base_small
   ROOT_A=runs/r1_zero_gpu_small; R1_DIR=runs/r1_gpu_small/r1_gpu
+  DISTILL_DIR=runs/r1_gpu_small/distill_gpu
 else
   TAG=; MEDIUM=runs/r1_zero_gpu/base_medium; SMALL_BASE=runs/r1_zero_gpu/base_small
-  ROOT_A=runs/r1_zero_gpu; R1_DIR=runs/r1_gpu
+  ROOT_A=runs/r1_zero_gpu; R1_DIR=runs/r1_gpu; DISTILL_DIR=runs/distill_gpu; RL_STEPS=150
 fi
 OUT_A=runs/gpu_all$TAG/out_r1_zero
 OUT_B=runs/gpu_all$TAG/out_r1
@@ -49,66 +54,82 @@ mkdir -p "$OUT_A" "$OUT_B"
 t0=$(date +%s)
 left() { echo $(( DEADLINE_S - GRACE_S - ($(date +%s) - t0) )); }
 say() { echo "== [gpu_all $(( $(date +%s) - t0 )) s] $*"; }
+# evaluated ROOT STEPS NAME...: every run ROOT/NAME has an evaluation at step STEPS.
+evaluated() {
+  "$PY" - "$@" <<'PY'
+import json, os, sys
+root, steps, names = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+def done(name):
+  path = os.path.join(root, name, "eval_metrics.jsonl")
+  return os.path.exists(path) and any(json.loads(l).get("step") == steps
+                                      for l in open(path) if l.strip())
+sys.exit(0 if all(done(n) for n in names) else 1)
+PY
+}
+partial() { grep -q "stopped by --time_limit_s" "$1/README.md" 2>/dev/null; }
 
-# The two bases at once (the small one is the distillation student).
-pids=()
-if [[ ! -f $MEDIUM/config.json ]]; then
+# 1. The bases (each stops training 60 s before the guard, leaving time for its evaluation).
+if [[ ! -f $MEDIUM/config.json ]] && (( $(left) > 120 )); then
   say "pretraining the medium base"
-  STAGE=pretrain PRETRAIN_MEM_FRACTION=0.3 PRETRAIN_TIME_S=${PRETRAIN_TIME_S:-170} OUT=$OUT_A \
-    bash benchmarks/r1_zero_gpu.sh "${SMALL[@]}" > "$OUT_A/pretrain.log" 2>&1 & pids+=($!)
+  STAGE=pretrain PRETRAIN_TIME_S=$(( $(left) - 60 )) OUT=$OUT_A \
+    bash benchmarks/r1_zero_gpu.sh "${SMALL[@]}" > "$OUT_A/pretrain.log" 2>&1 \
+    || say "medium base: exit $?"
 fi
-if [[ ! -f $SMALL_BASE/config.json ]]; then
+if [[ ! -f $SMALL_BASE/config.json ]] && (( $(left) > 120 )); then
   say "pretraining the small student base"
-  STAGE=small_base SMALL_MEM_FRACTION=0.15 OUT=$OUT_B \
-    bash benchmarks/r1_gpu.sh "${SMALL[@]}" > "$OUT_B/small_base.log" 2>&1 & pids+=($!)
+  STAGE=small_base SMALL_PRETRAIN_TIME_S=$(( $(left) - 60 )) OUT=$OUT_B \
+    bash benchmarks/r1_gpu.sh "${SMALL[@]}" > "$OUT_B/small_base.log" 2>&1 \
+    || say "small base: exit $?"
 fi
-for p in "${pids[@]}"; do wait "$p" || say "a pretraining job failed (exit $?)"; done
-[[ -f $MEDIUM/config.json ]] || { say "no medium base: see $OUT_A/pretrain.log"; exit 2; }
+for b in "$MEDIUM" "$SMALL_BASE"; do
+  if partial "$b" && [[ ${ALLOW_PARTIAL_BASE:-0} != 1 ]]; then
+    say "$b was cut short by its time limit ($(grep '^| steps' "$b/README.md")): an"
+    say "undertrained base changes every result after it. Delete it and pretrain again with"
+    say "more time, or set ALLOW_PARTIAL_BASE=1."
+    exit 2
+  fi
+done
 
-track_a() {
-  if (( $(left) > 60 )); then
-    say "track A: R1-Zero seeds, $(left) s"
-    STAGE=rl RL_TIME_S=$(left) RL_MEM_FRACTION=${SEED_MEM:-0.14} OUT=$OUT_A \
-      bash benchmarks/r1_zero_gpu.sh "${SMALL[@]}" || say "seeds: exit $?"
-  fi
-  if [[ -n $ABLATION_GRID ]] && (( $(left) > 120 )); then
-    say "track A: ablations $ABLATION_GRID, $(left) s"
-    GRID=$ABLATION_GRID ROOT=$ROOT_A/ablations STAGE=rl RL_TIME_S=$(left) \
-      RL_STEPS=$ABLATION_STEPS RL_MEM_FRACTION=${SEED_MEM:-0.14} OUT=$OUT_A/ablations \
-      bash benchmarks/r1_zero_gpu.sh "${SMALL[@]}" || say "ablations: exit $?"
-  fi
-  say "track A done"
-}
+# 2. R1-Zero seeds.
+read -r -a SEED_ARR <<< "$SEEDS"
+SEED_NAMES=(); for s in "${SEED_ARR[@]}"; do SEED_NAMES+=("seed=$s"); done
+if [[ -f $MEDIUM/config.json ]] && ! evaluated "$ROOT_A" "$RL_STEPS" "${SEED_NAMES[@]}" \
+   && (( $(left) > 60 )); then
+  say "R1-Zero seeds ($SEEDS, $PARALLEL at a time), $(left) s"
+  STAGE=rl SEEDS=$SEEDS PARALLEL=$PARALLEL RL_TIME_S=$(left) OUT=$OUT_A \
+    bash benchmarks/r1_zero_gpu.sh "${SMALL[@]}" >> "$OUT_A/track.log" 2>&1 || say "seeds: exit $?"
+fi
 
-track_b() {
-  export XLA_PYTHON_CLIENT_MEM_FRACTION=${R1_MEM:-0.2}
-  if (( $(left) > 60 )) && [[ ! -f $R1_DIR/4_final_rl/DONE.json ]]; then
-    say "track B: the R1 pipeline, $(left) s"
-    STAGE=r1 R1_TIME_S=$(left) R1_FLAGS=$R1_FLAGS OUT=$OUT_B \
-      bash benchmarks/r1_gpu.sh "${SMALL[@]}" || say "r1: exit $?"
-  fi
-  if (( $(left) > 60 )) && [[ -f $R1_DIR/4_final_rl/DONE.json ]]; then
-    say "track B: distillation vs. RL, $(left) s"
-    STAGE=distill DISTILL_TIME_S=$(left) OUT=$OUT_B \
-      bash benchmarks/r1_gpu.sh "${SMALL[@]}" || say "distill: exit $?"
-  fi
-  say "track B done"
-}
+# 3. The R1 pipeline, then distillation vs. RL.
+if [[ -f $MEDIUM/config.json && ! -f $R1_DIR/4_final_rl/DONE.json ]] && (( $(left) > 60 )); then
+  say "the R1 pipeline, $(left) s"
+  STAGE=r1 R1_TIME_S=$(left) R1_FLAGS=$R1_FLAGS OUT=$OUT_B \
+    bash benchmarks/r1_gpu.sh "${SMALL[@]}" >> "$OUT_B/track.log" 2>&1 || say "r1: exit $?"
+fi
+if [[ -f $R1_DIR/4_final_rl/DONE.json && ! -f $DISTILL_DIR/table.md ]] && (( $(left) > 60 )); then
+  say "distillation vs. RL, $(left) s"
+  STAGE=distill DISTILL_TIME_S=$(left) OUT=$OUT_B \
+    bash benchmarks/r1_gpu.sh "${SMALL[@]}" >> "$OUT_B/track.log" 2>&1 || say "distill: exit $?"
+fi
 
-track_a > "$OUT_A/track.log" 2>&1 &
-pa=$!
-track_b > "$OUT_B/track.log" 2>&1 &
-pb=$!
-wait $pa || true
-wait $pb || true
+# 4. Ablations.
+if [[ -n $ABLATION_GRID && -f $MEDIUM/config.json ]] && (( $(left) > 120 )); then
+  say "ablations $ABLATION_GRID, $(left) s"
+  mkdir -p "$OUT_A/ablations"
+  GRID=$ABLATION_GRID ROOT=$ROOT_A/ablations STAGE=rl RL_TIME_S=$(left) PARALLEL=$PARALLEL \
+    RL_STEPS=$ABLATION_STEPS OUT=$OUT_A/ablations \
+    bash benchmarks/r1_zero_gpu.sh "${SMALL[@]}" >> "$OUT_A/track.log" 2>&1 \
+    || say "ablations: exit $?"
+fi
 
 # Collect.
 for f in "$OUT_A"/summary.json "$OUT_B"/r1_summary.md "$OUT_B"/distill_table.md; do
   [[ -f $f ]] && cp "$f" "$OUT/"
 done
-[[ -f $OUT_A/ablations/summary.json ]] && cp "$OUT_A/ablations/summary.json" "$OUT/ablation_summary.json"
+if [[ -f $OUT_A/ablations/summary.json ]]; then
+  cp "$OUT_A/ablations/summary.json" "$OUT/ablation_summary.json"
+fi
 tar czf "$OUT/r1_zero.tar.gz" "$OUT_A"
 tar czf "$OUT/r1.tar.gz" "$OUT_B"
-tail -n 5 "$OUT_A"/track.log "$OUT_B"/track.log || true
 for f in "$OUT"/*.md; do [[ -f $f ]] && { echo "== $f"; cat "$f"; }; done
 say "total; results in $OUT"

@@ -90,6 +90,8 @@ def command(point: dict[str, str], workdir: str, base_flagfile: str, extra: Sequ
 # of the same held-out evaluation (25M model, bf16) all sampled corrupted text (format rate
 # 0.12, pass@1 0.007) while one alone, also with a 0.2 memory fraction, gave format 0.97 and
 # pass@1 0.066; with --xla_gpu_autotune_level=0 all four gave exactly the lone result.
+# The price (H200, 2026-12-01, BENCHMARKS.md): GRPO updates and pretraining of the 25M model ran
+# 5-7x slower with it. Several short runs are often better run one at a time (--parallel=1).
 NO_AUTOTUNE = "--xla_gpu_autotune_level=0"
 
 
