@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The miniature's GPU experiments as one queue on one GPU, inside one wall-clock budget, one
 # process on the GPU at a time:
-#   1. the medium (~25M) base and the small (~1.6M) student base (experiments/pretrain_base.py)
+#   1. the medium (~25M) base and the small (~1.6M) student base (experiments/pretrain_base.py,
+#      itself resumable: a base cut short by the deadline is continued by the next run)
 #   2. R1-Zero, three seeds (benchmarks/r1_zero_gpu.sh, countdown_gpu.flags)      issue 4
 #   3. the R1 pipeline, then distillation vs. RL (benchmarks/r1_gpu.sh)           issue 6
 #   4. an ablation grid at the GPU scale (ABLATION_GRID)                          issue 4
@@ -20,7 +21,9 @@
 #
 # Environment (optional): DEADLINE_S (550), GRACE_S (60), PARALLEL (1), ABLATION_GRID (default
 # loss_type=dr_grpo,dapo; empty: none), ABLATION_STEPS (50), R1_FLAGS (default: 80 reasoning-RL
-# steps and 40 final ones), ALLOW_PARTIAL_BASE=1 (train on a base that --time_limit_s cut short).
+# steps and 40 final ones), ALLOW_PARTIAL_BASE=1 (train on a base whose pretraining stopped early;
+# by default the queue stops there, and the next run of the script continues the pretraining),
+# RUNS (the folder of every run directory; default runs).
 #
 # What comes back in $OUT (at most 8 files): log.txt, r1_zero.tar.gz and r1.tar.gz (each script's
 # results), summary.json (the seeds), ablation_summary.json, r1_summary.md, distill_table.md.
@@ -39,17 +42,23 @@ ABLATION_GRID=${ABLATION_GRID-loss_type=dr_grpo,dapo}
 ABLATION_STEPS=${ABLATION_STEPS:-50}
 R1_FLAGS=${R1_FLAGS:---max_steps=80 --final_rl_max_steps=40 --eval_steps=40}
 SEEDS=${SEEDS:-"0 1 2"}
+RUNS=${RUNS:-runs}  # every directory below lives here
 if (( ${#SMALL[@]} )); then
   TAG=_small; R1_FLAGS=${R1_FLAGS_SMALL:-}; ABLATION_STEPS=2; RL_STEPS=3
-  MEDIUM=runs/r1_zero_gpu_small/base; SMALL_BASE=runs/r1_gpu_small/base_small
-  ROOT_A=runs/r1_zero_gpu_small; R1_DIR=runs/r1_gpu_small/r1_gpu
-  DISTILL_DIR=runs/r1_gpu_small/distill_gpu
+  MEDIUM=$RUNS/r1_zero_gpu_small/base; ROOT_A=$RUNS/r1_zero_gpu_small; ROOT_B=$RUNS/r1_gpu_small
+  SMALL_BASE=$ROOT_B/base_small
 else
-  TAG=; MEDIUM=runs/r1_zero_gpu/base_medium; SMALL_BASE=runs/r1_zero_gpu/base_small
-  ROOT_A=runs/r1_zero_gpu; R1_DIR=runs/r1_gpu; DISTILL_DIR=runs/distill_gpu; RL_STEPS=150
+  TAG=; RL_STEPS=150
+  MEDIUM=$RUNS/r1_zero_gpu/base_medium; ROOT_A=$RUNS/r1_zero_gpu; ROOT_B=$RUNS
+  SMALL_BASE=$RUNS/r1_zero_gpu/base_small
 fi
-OUT_A=runs/gpu_all$TAG/out_r1_zero
-OUT_B=runs/gpu_all$TAG/out_r1
+R1_DIR=$ROOT_B/r1_gpu
+DISTILL_DIR=$ROOT_B/distill_gpu
+# The directories of this script, for the two it runs.
+A_DIRS=(BASE="$MEDIUM" ROOT="$ROOT_A")
+B_DIRS=(ROOT="$ROOT_B" MEDIUM="$MEDIUM" SMALL_BASE="$SMALL_BASE")
+OUT_A=$RUNS/gpu_all$TAG/out_r1_zero
+OUT_B=$RUNS/gpu_all$TAG/out_r1
 mkdir -p "$OUT_A" "$OUT_B"
 t0=$(date +%s)
 left() { echo $(( DEADLINE_S - GRACE_S - ($(date +%s) - t0) )); }
@@ -66,27 +75,30 @@ def done(name):
 sys.exit(0 if all(done(n) for n in names) else 1)
 PY
 }
-partial() { grep -q "stopped by --time_limit_s" "$1/README.md" 2>/dev/null; }
+# partial DIR: a base whose pretraining stopped early (pretrain_base.py's README says so); running
+# its command again continues it from its checkpoint.
+partial() { grep -qE "stopped (by --time_limit_s|early)" "$1/README.md" 2>/dev/null; }
+unfinished() { [[ ! -f $1/config.json ]] || partial "$1"; }
 
 # 1. The bases (each stops training 60 s before the guard, leaving time for its evaluation).
-if [[ ! -f $MEDIUM/config.json ]] && (( $(left) > 120 )); then
+if unfinished "$MEDIUM" && (( $(left) > 120 )); then
   say "pretraining the medium base"
-  STAGE=pretrain PRETRAIN_TIME_S=$(( $(left) - 60 )) OUT=$OUT_A \
+  env "${A_DIRS[@]}" STAGE=pretrain PRETRAIN_TIME_S=$(( $(left) - 60 )) OUT=$OUT_A \
     bash benchmarks/r1_zero_gpu.sh "${SMALL[@]}" > "$OUT_A/pretrain.log" 2>&1 \
     || say "medium base: exit $?"
 fi
-if [[ ! -f $SMALL_BASE/config.json ]] && (( $(left) > 120 )); then
+if unfinished "$SMALL_BASE" && (( $(left) > 120 )); then
   say "pretraining the small student base"
-  STAGE=small_base SMALL_PRETRAIN_TIME_S=$(( $(left) - 60 )) OUT=$OUT_B \
+  env "${B_DIRS[@]}" STAGE=small_base SMALL_PRETRAIN_TIME_S=$(( $(left) - 60 )) OUT=$OUT_B \
     bash benchmarks/r1_gpu.sh "${SMALL[@]}" > "$OUT_B/small_base.log" 2>&1 \
     || say "small base: exit $?"
 fi
 for b in "$MEDIUM" "$SMALL_BASE"; do
   if partial "$b" && [[ ${ALLOW_PARTIAL_BASE:-0} != 1 ]]; then
-    say "$b was cut short by its time limit ($(grep '^| steps' "$b/README.md")): an"
-    say "undertrained base changes every result after it. Delete it and pretrain again with"
-    say "more time, or set ALLOW_PARTIAL_BASE=1."
-    exit 2
+    say "$b is not fully pretrained yet ($(grep '^| steps' "$b/README.md")): an"
+    say "undertrained base changes every result after it. Run this script again to continue"
+    say "its pretraining (or set ALLOW_PARTIAL_BASE=1 to train on it as it is)."
+    exit 3
   fi
 done
 
@@ -96,19 +108,19 @@ SEED_NAMES=(); for s in "${SEED_ARR[@]}"; do SEED_NAMES+=("seed=$s"); done
 if [[ -f $MEDIUM/config.json ]] && ! evaluated "$ROOT_A" "$RL_STEPS" "${SEED_NAMES[@]}" \
    && (( $(left) > 60 )); then
   say "R1-Zero seeds ($SEEDS, $PARALLEL at a time), $(left) s"
-  STAGE=rl SEEDS=$SEEDS PARALLEL=$PARALLEL RL_TIME_S=$(left) OUT=$OUT_A \
+  env "${A_DIRS[@]}" STAGE=rl SEEDS="$SEEDS" PARALLEL=$PARALLEL RL_TIME_S=$(left) OUT=$OUT_A \
     bash benchmarks/r1_zero_gpu.sh "${SMALL[@]}" >> "$OUT_A/track.log" 2>&1 || say "seeds: exit $?"
 fi
 
 # 3. The R1 pipeline, then distillation vs. RL.
 if [[ -f $MEDIUM/config.json && ! -f $R1_DIR/4_final_rl/DONE.json ]] && (( $(left) > 60 )); then
   say "the R1 pipeline, $(left) s"
-  STAGE=r1 R1_TIME_S=$(left) R1_FLAGS=$R1_FLAGS OUT=$OUT_B \
+  env "${B_DIRS[@]}" STAGE=r1 R1_TIME_S=$(left) R1_FLAGS="$R1_FLAGS" OUT=$OUT_B \
     bash benchmarks/r1_gpu.sh "${SMALL[@]}" >> "$OUT_B/track.log" 2>&1 || say "r1: exit $?"
 fi
 if [[ -f $R1_DIR/4_final_rl/DONE.json && ! -f $DISTILL_DIR/table.md ]] && (( $(left) > 60 )); then
   say "distillation vs. RL, $(left) s"
-  STAGE=distill DISTILL_TIME_S=$(left) OUT=$OUT_B \
+  env "${B_DIRS[@]}" STAGE=distill DISTILL_TIME_S=$(left) OUT=$OUT_B \
     bash benchmarks/r1_gpu.sh "${SMALL[@]}" >> "$OUT_B/track.log" 2>&1 || say "distill: exit $?"
 fi
 
@@ -116,8 +128,8 @@ fi
 if [[ -n $ABLATION_GRID && -f $MEDIUM/config.json ]] && (( $(left) > 120 )); then
   say "ablations $ABLATION_GRID, $(left) s"
   mkdir -p "$OUT_A/ablations"
-  GRID=$ABLATION_GRID ROOT=$ROOT_A/ablations STAGE=rl RL_TIME_S=$(left) PARALLEL=$PARALLEL \
-    RL_STEPS=$ABLATION_STEPS OUT=$OUT_A/ablations \
+  env "${A_DIRS[@]}" GRID="$ABLATION_GRID" ROOT="$ROOT_A/ablations" STAGE=rl RL_TIME_S=$(left) \
+    PARALLEL=$PARALLEL RL_STEPS=$ABLATION_STEPS OUT=$OUT_A/ablations \
     bash benchmarks/r1_zero_gpu.sh "${SMALL[@]}" >> "$OUT_A/track.log" 2>&1 \
     || say "ablations: exit $?"
 fi

@@ -18,7 +18,7 @@
 #
 # Environment (all optional): STAGE=all|small_base|r1|distill, R1_TIME_S and DISTILL_TIME_S (guards:
 # the stage is interrupted there; both scripts resume from their checkpoints when run again),
-# SMALL_PRETRAIN_TIME_S, SMALL_MEM_FRACTION, R1_FLAGS and DISTILL_FLAGS (extra flags, e.g.
+# SMALL_PRETRAIN_TIME_S, SMALL_MEM_FRACTION, ROOT, MEDIUM and SMALL_BASE (directories), R1_FLAGS and DISTILL_FLAGS (extra flags, e.g.
 # R1_FLAGS="--max_steps=100"), OUT (where results are copied; the device tool's $OUT).
 #
 # What comes back in $OUT:
@@ -41,7 +41,7 @@ read -r -a DISTILL_EXTRA <<< "${DISTILL_FLAGS:-}"
 if [[ $SMALL == 1 ]]; then
   ROOT=${ROOT:-runs/r1_gpu_small}
   MEDIUM=${MEDIUM:-runs/r1_zero_gpu_small/base}
-  SMALL_BASE=$ROOT/base_small
+  SMALL_BASE=${SMALL_BASE:-$ROOT/base_small}
   SMALL_PRETRAIN=(--model_preset=tiny --max_steps=20 --batch_size=8 --eval_num_problems=4
                   --eval_num_samples=2 --max_completion_length=64)
   TINY=(--max_completion_length=64 --eval_num_problems=4 --eval_num_samples=2 --eval_batch_size=4
@@ -57,7 +57,7 @@ if [[ $SMALL == 1 ]]; then
 else
   ROOT=${ROOT:-runs}
   MEDIUM=${MEDIUM:-runs/r1_zero_gpu/base_medium}
-  SMALL_BASE=runs/r1_zero_gpu/base_small
+  SMALL_BASE=${SMALL_BASE:-runs/r1_zero_gpu/base_small}
   # The student base: pretrained like the medium one (distill_gpu.flags).
   SMALL_PRETRAIN=(--model_preset=small --max_steps=5000 --batch_size=64 --learning_rate=1e-3
                   --warmup_steps=200 --dtype=bfloat16 --pad_multiple=128 --log_every=100

@@ -31,7 +31,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from r1jax import corpus, hf, model, rewards, tasks  # noqa: E402
+from r1jax import checkpoint, corpus, hf, model, rewards, tasks  # noqa: E402
 from r1jax import eval as r1eval  # noqa: E402
 from r1jax.config import get_config  # noqa: E402
 from r1jax.tokenizer import CharTokenizer  # noqa: E402
@@ -54,9 +54,12 @@ flags.DEFINE_integer("drill_warmup_steps", 0, "First steps on drill documents on
 flags.DEFINE_integer("pad_multiple", 64, "Batches are padded to a multiple of this many tokens "
                      "(fewer distinct shapes, fewer compilations).")
 flags.DEFINE_integer("log_every", 10, "Log the loss every this many steps.")
-flags.DEFINE_float("time_limit_s", 0, "Stop pretraining after this many seconds (0: none); the "
-                   "README records the steps done. A guard for time-boxed GPU calls: a run cut "
-                   "short is not reproducible step for step.")
+flags.DEFINE_float("time_limit_s", 0, "Stop pretraining after this many seconds (0: none): the "
+                   "state is checkpointed, a partial base is written (its README says so) and the "
+                   "same command run again continues from the checkpoint. A guard for time-boxed "
+                   "GPU calls.")
+flags.DEFINE_integer("stop_after_steps", 0, "Stop after this many steps as --time_limit_s would "
+                     "(0: never); for tests of the resume.")
 
 # Pretraining wants a far larger step than GRPO's 1e-6 default in common.py.
 FLAGS.set_default("learning_rate", 2e-3)
@@ -67,6 +70,8 @@ FLAGS.set_default("adam_beta2", 0.98)
 FLAGS.set_default("max_steps", 600)
 FLAGS.set_default("model_preset", "small")
 FLAGS.set_default("stop_strings", ["</answer>"])
+FLAGS.set_default("save_steps", 1000)
+FLAGS.set_default("save_total_limit", 1)
 
 
 def lm_loss(params, batch, config):
@@ -200,28 +205,49 @@ def main(argv):
   opt_state = optimizer.init(params)
   step_fn = make_step(config, optimizer)
   os.makedirs(FLAGS.output_dir, exist_ok=True)
-  log, t0, seen = [], time.time(), 0
+  # Resumable: the state of a run stopped by --time_limit_s (or SIGINT) is checkpointed here,
+  # and the same command continues it; the batches are a pure function of the flags.
+  ckpt = checkpoint.Checkpointer(os.path.join(FLAGS.output_dir, "pretrain_checkpoints"),
+                                 FLAGS.save_steps, FLAGS.save_total_limit)
+  start, log, train_before = 0, [], 0.0
+  if ckpt.latest_step() is not None:
+    state, meta = ckpt.restore({"params": params, "opt_state": opt_state})
+    params, opt_state, start = state["params"], state["opt_state"], ckpt.latest_step()
+    log, train_before = list(meta.get("log", [])), float(meta.get("train_s", 0.0))
+    logging.info("resumed from %s at step %d of %d", ckpt.directory, start, len(batches))
+  t0, seen, step = time.time(), 0, start
   stopped_early = False
-  for step, idx in enumerate(batches, start=1):
-    batch = corpus.pad_batch(encoded, idx, tokenizer.pad_id, FLAGS.loss_on_prompt,
-                             FLAGS.pad_multiple)
-    params, opt_state, loss, gnorm = step_fn(params, opt_state, batch)
-    seen += int(batch["mask"].sum())
-    stopped_early = FLAGS.time_limit_s > 0 and time.time() - t0 > FLAGS.time_limit_s
-    if step % FLAGS.log_every == 0 or step == len(batches) or stopped_early:
-      loss = float(loss)
-      if not np.isfinite(loss):
-        raise FloatingPointError(f"non-finite loss at step {step}; lower --learning_rate")
-      log.append({"step": step, "loss": loss, "grad_norm": float(gnorm),
-                  "learning_rate": float(schedule(step - 1)),
-                  "tokens_per_s": seen / (time.time() - t0)})
-      logging.info("step %d/%d loss=%.4f lr=%.2e %.0f tok/s", step, len(batches), loss,
-                   log[-1]["learning_rate"], log[-1]["tokens_per_s"])
-    if stopped_early:
-      logging.warning("--time_limit_s=%s reached: stopping at step %d of %d", FLAGS.time_limit_s,
-                      step, len(batches))
-      break
-  train_s = time.time() - t0
+  stop = checkpoint.StopAtStepBoundary()
+  stop.install()
+  try:
+    for step, idx in enumerate(batches[start:], start=start + 1):
+      batch = corpus.pad_batch(encoded, idx, tokenizer.pad_id, FLAGS.loss_on_prompt,
+                               FLAGS.pad_multiple)
+      params, opt_state, loss, gnorm = step_fn(params, opt_state, batch)
+      seen += int(batch["mask"].sum())
+      stopped_early = ((FLAGS.time_limit_s > 0 and time.time() - t0 > FLAGS.time_limit_s)
+                       or step == FLAGS.stop_after_steps or stop.requested)
+      if step % FLAGS.log_every == 0 or step == len(batches) or stopped_early:
+        loss = float(loss)
+        if not np.isfinite(loss):
+          raise FloatingPointError(f"non-finite loss at step {step}; lower --learning_rate")
+        log.append({"step": step, "loss": loss, "grad_norm": float(gnorm),
+                    "learning_rate": float(schedule(step - 1)),
+                    "tokens_per_s": seen / (time.time() - t0)})
+        logging.info("step %d/%d loss=%.4f lr=%.2e %.0f tok/s", step, len(batches), loss,
+                     log[-1]["learning_rate"], log[-1]["tokens_per_s"])
+      if stopped_early or step % FLAGS.save_steps == 0:
+        ckpt.save(step, {"params": params, "opt_state": opt_state}, force=True,
+                  meta={"log": log, "train_s": train_before + time.time() - t0})
+      if stopped_early:
+        logging.warning("stopping at step %d of %d (%s); the same command continues from %s",
+                        step, len(batches), "signal" if stop.requested else "time limit",
+                        ckpt.directory)
+        break
+  finally:
+    stop.uninstall()
+    ckpt.close()
+  train_s = train_before + time.time() - t0
   params = jax.device_get(params)
 
   hf.save_hf_checkpoint(FLAGS.output_dir, config, params)
@@ -241,9 +267,11 @@ def main(argv):
       "corpus": f"{warm * FLAGS.batch_size} drill documents, then {n_docs} documents "
                 f"({tokens_total} tokens in all); {100 * doc_acc:.1f}% of the task documents "
                 f"solve their problem",
-      "steps": f"{log[-1]['step']} of {len(batches)} (batch {FLAGS.batch_size})"
-               + (" - stopped by --time_limit_s" if stopped_early else ""),
-      "final loss": f"{log[-1]['loss']:.4f}",
+      "steps": f"{step} of {len(batches)} (batch {FLAGS.batch_size})"
+               + (" - stopped early (time limit or signal); the same command continues it"
+                  if stopped_early else "")
+               + (f" (resumed at step {start})" if start else ""),
+      "final loss": f"{log[-1]['loss']:.4f}" if log else "-",
       "held-out pass@1": f"{report['pass@1']:.3f} ({report['num_problems']} test problems x "
                          f"{report['samples_per_problem']} samples, T={FLAGS.eval_temperature}, "
                          f"top-p {FLAGS.eval_top_p}, {FLAGS.max_completion_length} new tokens)",
@@ -258,7 +286,8 @@ def main(argv):
   print(json.dumps({"pass@1": report["pass@1"], "cons@k": report["cons@k"],
                     "format_rate": report["format_rate"],
                     "completion_length_mean": report["completion_length_mean"],
-                    "final_loss": log[-1]["loss"], "train_s": train_s,
+                    "final_loss": log[-1]["loss"] if log else None, "train_s": train_s,
+                    "steps": step, "finished": step == len(batches),
                     "output_dir": FLAGS.output_dir}))
 
 

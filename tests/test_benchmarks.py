@@ -87,3 +87,57 @@ def test_concurrent_eval_small_rows_agree(capsys):
   assert len(rows) == 2
   assert rows[0][2:6] == rows[1][2:6]  # pass@1, format, length, truncated
   assert float(rows[0][3]) > 0.5  # the base formats its answers: real completions were scored
+
+
+def _fake_finished_queue(runs):
+  """The directories of a finished `benchmarks/gpu_all.sh --small`: both bases pretrained, the
+  seeds evaluated at their last step, the R1 pipeline done, the distillation table written."""
+  for base in ("r1_zero_gpu_small/base", "r1_gpu_small/base_small"):
+    os.makedirs(os.path.join(runs, base))
+    open(os.path.join(runs, base, "config.json"), "w").write("{}")
+    open(os.path.join(runs, base, "README.md"), "w").write("| steps | 30 of 30 (batch 8) |\n")
+  for seed in (0, 1, 2):
+    os.makedirs(os.path.join(runs, "r1_zero_gpu_small", f"seed={seed}"))
+    open(os.path.join(runs, "r1_zero_gpu_small", f"seed={seed}", "eval_metrics.jsonl"),
+         "w").write('{"step": 0}\n{"step": 3}\n')
+  os.makedirs(os.path.join(runs, "r1_gpu_small", "r1_gpu", "4_final_rl"))
+  open(os.path.join(runs, "r1_gpu_small", "r1_gpu", "4_final_rl", "DONE.json"), "w").write("{}")
+  os.makedirs(os.path.join(runs, "r1_gpu_small", "distill_gpu"))
+  open(os.path.join(runs, "r1_gpu_small", "distill_gpu", "table.md"), "w").write("| a |\n")
+
+
+def _gpu_all(tmp_path, **env):
+  import subprocess  # pylint: disable=import-outside-toplevel
+  env = dict(os.environ, RUNS=str(tmp_path / "runs"), OUT=str(tmp_path / "out"),
+             ABLATION_GRID="", PYTHON=sys.executable, **env)
+  return subprocess.run(["bash", os.path.join(BENCHMARKS, "gpu_all.sh"), "--small"], env=env,
+                        capture_output=True, text=True, timeout=300)
+
+
+def test_gpu_queue_skips_what_is_done(tmp_path):
+  """benchmarks/gpu_all.sh on a finished queue starts no job and still collects its files."""
+  _fake_finished_queue(str(tmp_path / "runs"))
+  result = _gpu_all(tmp_path)
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  for job in ("pretraining", "R1-Zero seeds", "R1 pipeline", "distillation", "ablations"):
+    assert job not in result.stdout, job
+  assert {"r1_zero.tar.gz", "r1.tar.gz", "log.txt"} <= set(os.listdir(tmp_path / "out"))
+
+
+def test_gpu_queue_stops_at_a_base_whose_pretraining_is_unfinished(tmp_path):
+  """A base whose pretraining stopped early is not trained on: with time left the queue would
+  continue its pretraining; without (DEADLINE_S=150) it stops with exit 3 and says why."""
+  runs = str(tmp_path / "runs")
+  _fake_finished_queue(runs)
+  os.remove(os.path.join(runs, "r1_gpu_small", "r1_gpu", "4_final_rl", "DONE.json"))
+  open(os.path.join(runs, "r1_zero_gpu_small", "base", "README.md"), "w").write(
+      "| steps | 594 of 5000 (batch 64) - stopped early (time limit or signal); the same command"
+      " continues it |\n")
+  result = _gpu_all(tmp_path, DEADLINE_S="150")
+  assert result.returncode == 3, result.stdout[-3000:] + result.stderr[-3000:]
+  assert "is not fully pretrained yet" in result.stdout
+  assert "R1 pipeline" not in result.stdout
+  # Overridden, the queue goes on to the R1 pipeline (which fails at once on the fake base).
+  result = _gpu_all(tmp_path, DEADLINE_S="150", ALLOW_PARTIAL_BASE="1")
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  assert "is not fully pretrained yet" not in result.stdout and "R1 pipeline" in result.stdout

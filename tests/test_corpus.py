@@ -2,6 +2,7 @@
 arithmetic checked by Python, the configured mix, determinism, and no test problem inside."""
 
 import itertools
+import json
 import operator
 import re
 
@@ -232,3 +233,39 @@ def test_pretrain_base_is_deterministic_from_its_seed(tmp_path):
   readme = open(tmp_path / "a" / "README.md").read()
   assert "python experiments/pretrain_base.py --output_dir=" in readme and "--seed=0" in readme
   assert "held-out pass@1" in readme
+
+
+@pytest.mark.slow
+def test_pretraining_stopped_early_continues_to_the_same_weights(tmp_path):
+  """A pretraining run stopped after step 2 (as its time limit would stop it) writes a partial
+  base that says so; the same command again resumes from its checkpoint and ends with the
+  weights of an uninterrupted run, bit for bit."""
+  import os
+  import subprocess
+  import sys
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+
+  def run(out, *extra):
+    args = [sys.executable, os.path.join(repo, "experiments", "pretrain_base.py"),
+            f"--output_dir={out}", "--model_preset=tiny", "--max_steps=4", "--batch_size=4",
+            "--warmup_steps=1", "--seed=0", "--eval_num_problems=2", "--eval_num_samples=1",
+            "--eval_batch_size=2", "--max_completion_length=8", "--max_prompt_length=36",
+            "--log_every=1", "--task_options=" + ",".join(f"{k}={v}" for k, v in OPTIONS.items()),
+            *extra]
+    result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(os.path.join(out, "model.safetensors"), "rb") as f:
+      return f.read(), open(os.path.join(out, "README.md")).read(), json.loads(
+          result.stdout.strip().splitlines()[-1])
+
+  whole, _, info = run(str(tmp_path / "whole"))
+  assert info["finished"] and info["steps"] == 4
+  part, readme, info = run(str(tmp_path / "cut"), "--stop_after_steps=2")
+  assert not info["finished"] and info["steps"] == 2 and part != whole
+  assert "2 of 4 (batch 4) - stopped early" in readme
+  resumed, readme, info = run(str(tmp_path / "cut"))
+  assert info["finished"] and "4 of 4 (batch 4) (resumed at step 2)" in readme
+  assert resumed == whole
+  losses = [json.loads(line) for line in open(tmp_path / "cut" / "pretrain_metrics.jsonl")]
+  assert [r["step"] for r in losses] == [1, 2, 3, 4]
