@@ -18,6 +18,16 @@ experiments/sweep.py switches GPU autotuning off for parallel runs.
   python benchmarks/concurrent_eval.py --small   # CPU check of the plumbing (~1 min)
 
 Each process gets XLA_PYTHON_CLIENT_MEM_FRACTION=0.9/processes of the device's memory.
+
+Turning autotuning off cost 5-7x in GEMM-heavy programs (BENCHMARKS.md, 2026-12-01). Not yet
+tried: autotuning once, alone, into XLA's per-fusion autotune cache, and letting the concurrent
+processes read it. --warm_first runs one process alone before the concurrent ones (its row is
+"warm"), with the setting's flags, so that
+
+  python benchmarks/concurrent_eval.py --checkpoint DIR --processes 4 --warm_first \
+      --xla_flags=--xla_gpu_per_fusion_autotune_cache_dir=/tmp/autotune_cache
+
+tells whether the cached kernels are sound when four processes share the GPU, and how fast.
 """
 
 from __future__ import annotations
@@ -47,6 +57,9 @@ def parse_args(argv):
   p.add_argument("--max_prompt_length", type=int, default=36)
   p.add_argument("--new_tokens", type=int, default=384)
   p.add_argument("--dtype", default="bfloat16")
+  p.add_argument("--warm_first", action="store_true",
+                 help="per setting, one process alone before the concurrent ones (e.g. to fill "
+                      "an autotune cache that they then read)")
   p.add_argument("--small", action="store_true",
                  help="CPU check: the committed tiny base, 2 processes, a few short samples")
   p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -94,14 +107,14 @@ def evaluate(args) -> dict:
               device=str(jax.devices()[0].device_kind))
 
 
-def run_setting(argv, args, xla_flags: str) -> list[dict]:
-  """--processes concurrent workers with XLA_FLAGS=xla_flags (from the environment; a worker
+def run_setting(argv, args, xla_flags: str, processes: int) -> list[dict]:
+  """`processes` concurrent workers with XLA_FLAGS=xla_flags (from the environment; a worker
   ignores its --xla_flags arguments); their reports (or errors)."""
   env = dict(os.environ, XLA_FLAGS=xla_flags,
              XLA_PYTHON_CLIENT_MEM_FRACTION=f"{0.9 / args.processes:.2f}")
   cmd = [sys.executable, os.path.abspath(__file__), *argv, "--worker"]
   procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True) for _ in range(args.processes)]
+                            text=True) for _ in range(processes)]
   results = []
   for proc in procs:
     out, err = proc.communicate()
@@ -124,7 +137,11 @@ def main(argv=None) -> int:
   print("XLA_FLAGS | process | pass@1 | format | mean length | truncated | seconds")
   failed = 0
   for flags_ in args.xla_flags:
-    for i, r in enumerate(run_setting(argv, args, flags_)):
+    rows = []
+    if args.warm_first:
+      rows += [("warm", r) for r in run_setting(argv, args, flags_, 1)]
+    rows += list(enumerate(run_setting(argv, args, flags_, args.processes)))
+    for i, r in rows:
       if "error" in r:
         failed += 1
         print(f"{flags_ or '-'} | {i} | error: {r['error']}")

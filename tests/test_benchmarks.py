@@ -89,6 +89,15 @@ def test_concurrent_eval_small_rows_agree(capsys):
   assert float(rows[0][3]) > 0.5  # the base formats its answers: real completions were scored
 
 
+def test_concurrent_eval_warm_first_adds_a_lone_run(capsys):
+  import concurrent_eval  # pylint: disable=import-outside-toplevel
+  assert concurrent_eval.main(["--small", "--warm_first"]) == 0  # --small: 2 processes
+  rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines()
+          if line.startswith("- | ")]
+  assert [r[1] for r in rows] == ["warm", "0", "1"]
+  assert rows[0][2:6] == rows[1][2:6] == rows[2][2:6]
+
+
 def _fake_finished_queue(runs):
   """The directories of a finished `benchmarks/gpu_all.sh --small`: both bases pretrained, the
   seeds evaluated at their last step, the R1 pipeline done, the distillation table written."""
