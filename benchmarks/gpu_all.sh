@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # The miniature's GPU experiments as one queue on one GPU, inside one wall-clock budget, one
 # process on the GPU at a time:
-#   1. the medium (~25M) base and the small (~1.6M) student base (experiments/pretrain_base.py,
-#      itself resumable: a base cut short by the deadline is continued by the next run)
-#   2. R1-Zero, three seeds (benchmarks/r1_zero_gpu.sh, countdown_gpu.flags)      issue 4
-#   3. the R1 pipeline, then distillation vs. RL (benchmarks/r1_gpu.sh)           issue 6
-#   4. an ablation grid at the GPU scale (ABLATION_GRID)                          issue 4
+#   the medium (~25M) base and the small (~1.6M) student base (experiments/pretrain_base.py,
+#   itself resumable: a base cut short by the deadline is continued by the next run), then the
+#   jobs of ORDER, by default
+#     seeds      R1-Zero, three seeds (benchmarks/r1_zero_gpu.sh, countdown_gpu.flags)   issue 4
+#     r1         the R1 pipeline (benchmarks/r1_gpu.sh, r1_gpu.flags)                   issue 6
+#     distill    distillation vs. RL on the small student (the same script)             issue 6
+#     ablations  an ablation grid at the GPU scale (ABLATION_GRID)                      issue 4
 # Every part resumes: run the script again on the same machine (a later device call while it is
 # still warm) and the queue continues from the checkpoints; finished parts are skipped.
 #
@@ -19,7 +21,8 @@
 # off). GRACE_S before DEADLINE_S the running job gets a SIGINT, finishes its step and saves it
 # (checkpoint.StopAtStepBoundary).
 #
-# Environment (optional): DEADLINE_S (550), GRACE_S (60), PARALLEL (1), ABLATION_GRID (default
+# Environment (optional): ORDER (the jobs after the bases, default "seeds r1 distill ablations"),
+# DEADLINE_S (550), GRACE_S (60), PARALLEL (1), ABLATION_GRID (default
 # loss_type=dr_grpo,dapo; empty: none), ABLATION_STEPS (50), R1_FLAGS (default: 80 reasoning-RL
 # steps and 40 final ones), ALLOW_PARTIAL_BASE=1 (train on a base whose pretraining stopped early;
 # by default the queue stops there, and the next run of the script continues the pretraining),
@@ -42,6 +45,12 @@ ABLATION_GRID=${ABLATION_GRID-loss_type=dr_grpo,dapo}
 ABLATION_STEPS=${ABLATION_STEPS:-50}
 R1_FLAGS=${R1_FLAGS:---max_steps=80 --final_rl_max_steps=40 --eval_steps=40}
 SEEDS=${SEEDS:-"0 1 2"}
+ORDER=${ORDER:-"seeds r1 distill ablations"}
+for job in $ORDER; do
+  case $job in seeds|r1|distill|ablations) ;;
+    *) echo "ORDER=$ORDER: unknown job '$job' (seeds, r1, distill, ablations)" >&2; exit 2;;
+  esac
+done
 RUNS=${RUNS:-runs}  # every directory below lives here
 if (( ${#SMALL[@]} )); then
   TAG=_small; R1_FLAGS=${R1_FLAGS_SMALL:-}; ABLATION_STEPS=2; RL_STEPS=3
@@ -80,58 +89,73 @@ PY
 partial() { grep -qE "stopped (by --time_limit_s|early)" "$1/README.md" 2>/dev/null; }
 unfinished() { [[ ! -f $1/config.json ]] || partial "$1"; }
 
-# 1. The bases (each stops training 60 s before the guard, leaving time for its evaluation).
+# 1. The bases (each stops training 60 s before the guard, leaving time for its evaluation); the
+# small one only when distillation is queued.
 if unfinished "$MEDIUM" && (( $(left) > 120 )); then
   say "pretraining the medium base"
   env "${A_DIRS[@]}" STAGE=pretrain PRETRAIN_TIME_S=$(( $(left) - 60 )) OUT=$OUT_A \
     bash benchmarks/r1_zero_gpu.sh "${SMALL[@]}" > "$OUT_A/pretrain.log" 2>&1 \
     || say "medium base: exit $?"
 fi
-if unfinished "$SMALL_BASE" && (( $(left) > 120 )); then
+if [[ " $ORDER " == *" distill "* ]] && unfinished "$SMALL_BASE" && (( $(left) > 120 )); then
   say "pretraining the small student base"
   env "${B_DIRS[@]}" STAGE=small_base SMALL_PRETRAIN_TIME_S=$(( $(left) - 60 )) OUT=$OUT_B \
     bash benchmarks/r1_gpu.sh "${SMALL[@]}" > "$OUT_B/small_base.log" 2>&1 \
     || say "small base: exit $?"
 fi
-for b in "$MEDIUM" "$SMALL_BASE"; do
-  if partial "$b" && [[ ${ALLOW_PARTIAL_BASE:-0} != 1 ]]; then
-    say "$b is not fully pretrained yet ($(grep '^| steps' "$b/README.md")): an"
+# ready DIR: a base to train from (pretrained to its last step, or ALLOW_PARTIAL_BASE=1).
+ready() {
+  [[ -f $1/config.json ]] || return 1
+  if partial "$1" && [[ ${ALLOW_PARTIAL_BASE:-0} != 1 ]]; then
+    say "$1 is not fully pretrained yet ($(grep '^| steps' "$1/README.md")): an"
     say "undertrained base changes every result after it. Run this script again to continue"
     say "its pretraining (or set ALLOW_PARTIAL_BASE=1 to train on it as it is)."
-    exit 3
+    return 1
   fi
-done
+}
+if ! ready "$MEDIUM"; then
+  say "no usable medium base yet: nothing trains from it in this run"
+  STOPPED=3
+fi
 
-# 2. R1-Zero seeds.
-read -r -a SEED_ARR <<< "$SEEDS"
-SEED_NAMES=(); for s in "${SEED_ARR[@]}"; do SEED_NAMES+=("seed=$s"); done
-if [[ -f $MEDIUM/config.json ]] && ! evaluated "$ROOT_A" "$RL_STEPS" "${SEED_NAMES[@]}" \
-   && (( $(left) > 60 )); then
+# 2. The jobs, in ORDER.
+job_seeds() {  # R1-Zero, three seeds
+  local names=() s
+  for s in $SEEDS; do names+=("seed=$s"); done
+  evaluated "$ROOT_A" "$RL_STEPS" "${names[@]}" && return
+  (( $(left) > 60 )) || return 0
   say "R1-Zero seeds ($SEEDS, $PARALLEL at a time), $(left) s"
   env "${A_DIRS[@]}" STAGE=rl SEEDS="$SEEDS" PARALLEL=$PARALLEL RL_TIME_S=$(left) OUT=$OUT_A \
     bash benchmarks/r1_zero_gpu.sh "${SMALL[@]}" >> "$OUT_A/track.log" 2>&1 || say "seeds: exit $?"
-fi
-
-# 3. The R1 pipeline, then distillation vs. RL.
-if [[ -f $MEDIUM/config.json && ! -f $R1_DIR/4_final_rl/DONE.json ]] && (( $(left) > 60 )); then
+}
+job_r1() {  # the four stages of experiments/r1.py
+  [[ -f $R1_DIR/4_final_rl/DONE.json ]] && return
+  (( $(left) > 60 )) || return 0
   say "the R1 pipeline, $(left) s"
   env "${B_DIRS[@]}" STAGE=r1 R1_TIME_S=$(left) R1_FLAGS="$R1_FLAGS" OUT=$OUT_B \
     bash benchmarks/r1_gpu.sh "${SMALL[@]}" >> "$OUT_B/track.log" 2>&1 || say "r1: exit $?"
-fi
-if [[ -f $R1_DIR/4_final_rl/DONE.json && ! -f $DISTILL_DIR/table.md ]] && (( $(left) > 60 )); then
+}
+job_distill() {  # distillation of the R1 policy vs. RL on the small student
+  [[ -f $DISTILL_DIR/table.md ]] && return
+  [[ -f $R1_DIR/4_final_rl/DONE.json ]] || { say "distillation waits for the R1 pipeline"; return; }
+  ready "$SMALL_BASE" || { say "distillation waits for the small base"; return; }
+  (( $(left) > 60 )) || return 0
   say "distillation vs. RL, $(left) s"
   env "${B_DIRS[@]}" STAGE=distill DISTILL_TIME_S=$(left) OUT=$OUT_B \
     bash benchmarks/r1_gpu.sh "${SMALL[@]}" >> "$OUT_B/track.log" 2>&1 || say "distill: exit $?"
-fi
-
-# 4. Ablations.
-if [[ -n $ABLATION_GRID && -f $MEDIUM/config.json ]] && (( $(left) > 120 )); then
+}
+job_ablations() {  # ABLATION_GRID at the GPU scale (runs that are done resume in seconds)
+  [[ -n $ABLATION_GRID ]] || return 0
+  (( $(left) > 120 )) || return 0
   say "ablations $ABLATION_GRID, $(left) s"
   mkdir -p "$OUT_A/ablations"
   env "${A_DIRS[@]}" GRID="$ABLATION_GRID" ROOT="$ROOT_A/ablations" STAGE=rl RL_TIME_S=$(left) \
     PARALLEL=$PARALLEL RL_STEPS=$ABLATION_STEPS OUT=$OUT_A/ablations \
     bash benchmarks/r1_zero_gpu.sh "${SMALL[@]}" >> "$OUT_A/track.log" 2>&1 \
     || say "ablations: exit $?"
+}
+if [[ ${STOPPED:-0} == 0 ]]; then
+  for job in $ORDER; do "job_$job"; done
 fi
 
 # Collect.
@@ -145,3 +169,4 @@ tar czf "$OUT/r1_zero.tar.gz" "$OUT_A"
 tar czf "$OUT/r1.tar.gz" "$OUT_B"
 for f in "$OUT"/*.md; do [[ -f $f ]] && { echo "== $f"; cat "$f"; }; done
 say "total; results in $OUT"
+exit "${STOPPED:-0}"

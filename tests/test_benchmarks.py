@@ -150,3 +150,8 @@ def test_gpu_queue_stops_at_a_base_whose_pretraining_is_unfinished(tmp_path):
   result = _gpu_all(tmp_path, DEADLINE_S="150", ALLOW_PARTIAL_BASE="1")
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
   assert "is not fully pretrained yet" not in result.stdout and "R1 pipeline" in result.stdout
+
+
+def test_gpu_queue_names_an_unknown_job(tmp_path):
+  result = _gpu_all(tmp_path, ORDER="seeds rl")
+  assert result.returncode == 2 and "unknown job 'rl'" in result.stdout + result.stderr
