@@ -5,7 +5,9 @@ r"""Pretrains the base model of R1-Zero in miniature on the procedural corpus (r
 
 Plain next-token cross-entropy over whole documents (question and completion, as pretraining
 does), AdamW with warm-up and cosine decay, the policy's own model code. Deterministic from
---seed on CPU. Writes an HF-format checkpoint (save_hf_checkpoint) to --output_dir with
+--seed on CPU. Resumable: stopped by --time_limit_s or a signal, a run checkpoints its state in
+<output_dir>/pretrain_checkpoints, and the same command continues it to the weights of an
+uninterrupted run (other training flags are refused); a finished run removes the checkpoints. Writes an HF-format checkpoint (save_hf_checkpoint) to --output_dir with
 pretrain_metrics.jsonl, loss.png, samples.jsonl and a README.md recording the command, the seed
 and the held-out pass@1 (r1jax.eval.evaluate_policy, the RL run's evaluation settings).
 """
@@ -18,6 +20,7 @@ import logging
 import os
 import random
 import shlex
+import shutil
 import sys
 import time
 
@@ -72,6 +75,20 @@ FLAGS.set_default("model_preset", "small")
 FLAGS.set_default("stop_strings", ["</answer>"])
 FLAGS.set_default("save_steps", 1000)
 FLAGS.set_default("save_total_limit", 1)
+
+
+# Flags that do not change the weights a pretraining run ends with: a resumed run may differ in
+# them (every other flag must match the checkpoint's run).
+RESUME_FREE_FLAGS = ("output_dir", "time_limit_s", "stop_after_steps", "log_every", "save_steps",
+                     "save_total_limit")
+
+
+def training_flags() -> dict:
+  """The flags of this program (not absl's own: logging, flagfile) that shape the training."""
+  return {f.name: f.value for module, module_flags in FLAGS.flags_by_module_dict().items()
+          if not module.startswith("absl.") for f in module_flags
+          if f.name not in RESUME_FREE_FLAGS and not f.name.startswith("eval_")
+          and isinstance(f.value, (int, float, str, bool, list, type(None)))}
 
 
 def lm_loss(params, batch, config):
@@ -212,6 +229,15 @@ def main(argv):
   start, log, train_before = 0, [], 0.0
   if ckpt.latest_step() is not None:
     state, meta = ckpt.restore({"params": params, "opt_state": opt_state})
+    saved = meta.get("flags", {})
+    differ = {k: (saved.get(k), v) for k, v in training_flags().items()
+              if json.loads(json.dumps(v)) != saved.get(k)}
+    if differ:
+      ckpt.close()
+      raise app.UsageError(
+          f"{ckpt.directory} holds an unfinished pretraining run with other flags "
+          f"({', '.join(f'--{k}: {a!r} there, {b!r} now' for k, (a, b) in sorted(differ.items()))}"
+          f"); continue it with its flags, or delete that directory to start over")
     params, opt_state, start = state["params"], state["opt_state"], ckpt.latest_step()
     log, train_before = list(meta.get("log", [])), float(meta.get("train_s", 0.0))
     logging.info("resumed from %s at step %d of %d", ckpt.directory, start, len(batches))
@@ -238,7 +264,8 @@ def main(argv):
                      log[-1]["learning_rate"], log[-1]["tokens_per_s"])
       if stopped_early or step % FLAGS.save_steps == 0:
         ckpt.save(step, {"params": params, "opt_state": opt_state}, force=True,
-                  meta={"log": log, "train_s": train_before + time.time() - t0})
+                  meta={"log": log, "train_s": train_before + time.time() - t0,
+                        "flags": training_flags()})
       if stopped_early:
         logging.warning("stopping at step %d of %d (%s); the same command continues from %s",
                         step, len(batches), "signal" if stop.requested else "time limit",
@@ -247,6 +274,8 @@ def main(argv):
   finally:
     stop.uninstall()
     ckpt.close()
+  if not stopped_early:  # finished: the checkpoints were only for continuing
+    shutil.rmtree(ckpt.directory, ignore_errors=True)
   train_s = train_before + time.time() - t0
   params = jax.device_get(params)
 

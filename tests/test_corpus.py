@@ -246,7 +246,7 @@ def test_pretraining_stopped_early_continues_to_the_same_weights(tmp_path):
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
 
-  def run(out, *extra):
+  def run(out, *extra, ok=True):
     args = [sys.executable, os.path.join(repo, "experiments", "pretrain_base.py"),
             f"--output_dir={out}", "--model_preset=tiny", "--max_steps=4", "--batch_size=4",
             "--warmup_steps=1", "--seed=0", "--eval_num_problems=2", "--eval_num_samples=1",
@@ -254,6 +254,8 @@ def test_pretraining_stopped_early_continues_to_the_same_weights(tmp_path):
             "--log_every=1", "--task_options=" + ",".join(f"{k}={v}" for k, v in OPTIONS.items()),
             *extra]
     result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+    if not ok:
+      return result
     assert result.returncode == 0, result.stderr[-3000:]
     with open(os.path.join(out, "model.safetensors"), "rb") as f:
       return f.read(), open(os.path.join(out, "README.md")).read(), json.loads(
@@ -264,8 +266,12 @@ def test_pretraining_stopped_early_continues_to_the_same_weights(tmp_path):
   part, readme, info = run(str(tmp_path / "cut"), "--stop_after_steps=2")
   assert not info["finished"] and info["steps"] == 2 and part != whole
   assert "2 of 4 (batch 4) - stopped early" in readme
-  resumed, readme, info = run(str(tmp_path / "cut"))
+  bad = run(str(tmp_path / "cut"), "--learning_rate=1e-3", ok=False)  # not the run it continues
+  assert bad.returncode != 0 and "--learning_rate: 0.002 there, 0.001 now" in bad.stderr
+  resumed, readme, info = run(str(tmp_path / "cut"), "--eval_num_samples=2")  # eval flags: free
   assert info["finished"] and "4 of 4 (batch 4) (resumed at step 2)" in readme
   assert resumed == whole
+  assert not os.path.exists(tmp_path / "cut" / "pretrain_checkpoints")  # finished: removed
+  assert not os.path.exists(tmp_path / "whole" / "pretrain_checkpoints")
   losses = [json.loads(line) for line in open(tmp_path / "cut" / "pretrain_metrics.jsonl")]
   assert [r["step"] for r in losses] == [1, 2, 3, 4]
