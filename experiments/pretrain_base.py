@@ -5,11 +5,14 @@ r"""Pretrains the base model of R1-Zero in miniature on the procedural corpus (r
 
 Plain next-token cross-entropy over whole documents (question and completion, as pretraining
 does), AdamW with warm-up and cosine decay, the policy's own model code. Deterministic from
---seed on CPU. Resumable: stopped by --time_limit_s or a signal, a run checkpoints its state in
-<output_dir>/pretrain_checkpoints, and the same command continues it to the weights of an
-uninterrupted run (other training flags are refused); a finished run removes the checkpoints. Writes an HF-format checkpoint (save_hf_checkpoint) to --output_dir with
+--seed on CPU. Writes an HF-format checkpoint (save_hf_checkpoint) to --output_dir with
 pretrain_metrics.jsonl, loss.png, samples.jsonl and a README.md recording the command, the seed
 and the held-out pass@1 (r1jax.eval.evaluate_policy, the RL run's evaluation settings).
+
+Resumable: stopped by --time_limit_s or a signal, a run checkpoints its state in
+<output_dir>/pretrain_checkpoints and writes a partial base whose README says so; the same
+command continues it to the weights of an uninterrupted run (other training flags are refused);
+a finished run removes the checkpoints.
 """
 
 from __future__ import annotations

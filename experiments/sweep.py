@@ -136,9 +136,10 @@ def run_all(commands: dict[str, list[str]], root: str, parallel: int,
     # finishes its step in progress (an evaluation too) and saves it.
     for name, (proc, log, _) in running.items():
       proc.send_signal(signal.SIGINT)
+    deadline = time.time() + stop_timeout_s  # one for all (a time guard kills the sweep soon)
     for name, (proc, log, _) in running.items():
       try:
-        proc.wait(timeout=stop_timeout_s)
+        proc.wait(timeout=max(deadline - time.time(), 0.1))
       except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
