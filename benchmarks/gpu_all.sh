@@ -75,13 +75,11 @@ say() { echo "== [gpu_all $(( $(date +%s) - t0 )) s] $*"; }
 # evaluated ROOT STEPS NAME...: every run ROOT/NAME has an evaluation at step STEPS.
 evaluated() {
   "$PY" - "$@" <<'PY'
-import json, os, sys
+import os, sys
+from r1jax import logs
 root, steps, names = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
-def done(name):
-  path = os.path.join(root, name, "eval_metrics.jsonl")
-  return os.path.exists(path) and any(json.loads(l).get("step") == steps
-                                      for l in open(path) if l.strip())
-sys.exit(0 if all(done(n) for n in names) else 1)
+sys.exit(0 if all(any(r.get("step") == steps for r in logs.read_jsonl(
+    os.path.join(root, n, "eval_metrics.jsonl"))) for n in names) else 1)
 PY
 }
 # partial DIR: a base whose pretraining stopped early (pretrain_base.py's README says so); running

@@ -18,8 +18,9 @@
 #
 # Environment (all optional): STAGE=all|small_base|r1|distill, R1_TIME_S and DISTILL_TIME_S (guards:
 # the stage is interrupted there; both scripts resume from their checkpoints when run again),
-# SMALL_PRETRAIN_TIME_S, SMALL_MEM_FRACTION, ROOT, MEDIUM and SMALL_BASE (directories), R1_FLAGS and DISTILL_FLAGS (extra flags, e.g.
-# R1_FLAGS="--max_steps=100"), OUT (where results are copied; the device tool's $OUT).
+# SMALL_PRETRAIN_TIME_S, SMALL_MEM_FRACTION, ROOT, MEDIUM and SMALL_BASE (directories), R1_FLAGS
+# and DISTILL_FLAGS (extra flags, e.g. R1_FLAGS="--max_steps=100"), OUT (where results are
+# copied; the device tool's $OUT).
 #
 # What comes back in $OUT:
 #   r1_summary.md       held-out pass@1 / cons@16 / format / language / length after each stage

@@ -9,8 +9,8 @@
 # by four runs with autotuning took ~1.3 s (docs/r1_zero_gpu.md, 2026-12-01); this measures the
 # flags alone, one process at a time.
 #
-#   bash benchmarks/xla_flags.sh           # GPU, ~3 min
-#   bash benchmarks/xla_flags.sh --small   # CPU check, tiny shapes
+#   bash benchmarks/xla_flags.sh           # GPU (not run on one yet)
+#   bash benchmarks/xla_flags.sh --small   # CPU check of the plumbing, tiny shapes (~1 min)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}

@@ -168,10 +168,13 @@ def grpo_config() -> grpo.GRPOConfig:
       num_generations=FLAGS.num_generations)
 
 
-def flag_values() -> dict:
-  """All flags of this program's modules, for saving with checkpoints."""
+def flag_values(program_only: bool = False) -> dict:
+  """All flags of this program's modules, for saving with checkpoints; `program_only` leaves
+  out absl's own (logging, flagfile)."""
   out = {}
-  for module_flags in FLAGS.flags_by_module_dict().values():
+  for module, module_flags in FLAGS.flags_by_module_dict().items():
+    if program_only and module.startswith("absl."):
+      continue
     for f in module_flags:
       out[f.name] = f.value
   return out

@@ -88,10 +88,8 @@ RESUME_FREE_FLAGS = ("output_dir", "time_limit_s", "stop_after_steps", "log_ever
 
 def training_flags() -> dict:
   """The flags of this program (not absl's own: logging, flagfile) that shape the training."""
-  return {f.name: f.value for module, module_flags in FLAGS.flags_by_module_dict().items()
-          if not module.startswith("absl.") for f in module_flags
-          if f.name not in RESUME_FREE_FLAGS and not f.name.startswith("eval_")
-          and isinstance(f.value, (int, float, str, bool, list, type(None)))}
+  return {k: v for k, v in common.flag_values(program_only=True).items()
+          if k not in RESUME_FREE_FLAGS and not k.startswith("eval_")}
 
 
 def lm_loss(params, batch, config):
