@@ -1,28 +1,29 @@
 #!/usr/bin/env bash
-# The miniature's GPU experiments as one queue on one GPU, inside one wall-clock budget, one
-# process on the GPU at a time:
+# The miniature's GPU experiments as one queue on one GPU, inside one wall-clock budget:
 #   the medium (~25M) base and the small (~1.6M) student base (experiments/pretrain_base.py,
 #   itself resumable: a base cut short by the deadline is continued by the next run), then the
 #   jobs of ORDER, by default
 #     seeds      R1-Zero, three seeds (benchmarks/r1_zero_gpu.sh, countdown_gpu.flags)   issue 4
+#     ablations  an ablation grid at the GPU scale (ABLATION_GRID)                      issue 4
 #     r1         the R1 pipeline (benchmarks/r1_gpu.sh, r1_gpu.flags)                   issue 6
 #     distill    distillation vs. RL on the small student (the same script)             issue 6
-#     ablations  an ablation grid at the GPU scale (ABLATION_GRID)                      issue 4
 # Every part resumes: run the script again on the same machine (a later device call while it is
 # still warm) and the queue continues from the checkpoints; finished parts are skipped.
 #
 #   DEADLINE_S=550 bash benchmarks/gpu_all.sh     # one device call of at most 600 s
 #   bash benchmarks/gpu_all.sh --small            # CPU check of the plumbing (~5 min)
 #
-# Why one process at a time: several processes compiling at once on one GPU got kernels that
-# sampled corrupted text (docs/r1_zero_gpu.md), and turning XLA's autotuning off against that, as
-# experiments/sweep.py does for parallel runs, cost ~5x in the update step and ~10x in pretraining
-# on an H200 (2026-12-01, same document). PARALLEL=3 runs the seeds at once anyway (autotuning
-# off). GRACE_S before DEADLINE_S the running job gets a SIGINT, finishes its step and saves it
-# (checkpoint.StopAtStepBoundary).
+# The bases and the jobs run one after another. Within the seeds and the ablations, PARALLEL runs
+# share the GPU (3 by default) through one JAX compilation cache (COMPILE_CACHE, default
+# $RUNS/jax_cache): the first run compiles alone with XLA's autotuning on, the others start once
+# it has logged a step and load its kernels. Why: several processes autotuning at once on one
+# GPU got kernels that sampled corrupted text, and turning autotuning off against that cost ~5x
+# in the update step and ~10x in pretraining on an H200 (docs/r1_zero_gpu.md). PARALLEL=1 runs
+# them one at a time. GRACE_S before DEADLINE_S the running job gets a SIGINT, finishes its
+# step and saves it (checkpoint.StopAtStepBoundary).
 #
-# Environment (optional): ORDER (the jobs after the bases, default "seeds r1 distill ablations"),
-# DEADLINE_S (550), GRACE_S (60), PARALLEL (1), ABLATION_GRID (default
+# Environment (optional): ORDER (the jobs after the bases, default "seeds ablations r1 distill"),
+# DEADLINE_S (550), GRACE_S (60), PARALLEL (3), COMPILE_CACHE, ABLATION_GRID (default
 # loss_type=dr_grpo,dapo; empty: none), ABLATION_STEPS (50), R1_FLAGS (default: 80 reasoning-RL
 # steps and 40 final ones), ALLOW_PARTIAL_BASE=1 (train on a base whose pretraining stopped early;
 # by default the queue stops there, and the next run of the script continues the pretraining),
@@ -40,18 +41,19 @@ OUT=${OUT:-runs/gpu_all_out}
 source benchmarks/gpu_common.sh  # log.txt; the wheels the GPU image lacks, installed once here
 DEADLINE_S=${DEADLINE_S:-550}
 GRACE_S=${GRACE_S:-60}
-PARALLEL=${PARALLEL:-1}
+PARALLEL=${PARALLEL:-3}
 ABLATION_GRID=${ABLATION_GRID-loss_type=dr_grpo,dapo}
 ABLATION_STEPS=${ABLATION_STEPS:-50}
 R1_FLAGS=${R1_FLAGS:---max_steps=80 --final_rl_max_steps=40 --eval_steps=40}
 SEEDS=${SEEDS:-"0 1 2"}
-ORDER=${ORDER:-"seeds r1 distill ablations"}
+ORDER=${ORDER:-"seeds ablations r1 distill"}
 for job in $ORDER; do
   case $job in seeds|r1|distill|ablations) ;;
     *) echo "ORDER=$ORDER: unknown job '$job' (seeds, r1, distill, ablations)" >&2; exit 2;;
   esac
 done
 RUNS=${RUNS:-runs}  # every directory below lives here
+export COMPILE_CACHE=${COMPILE_CACHE-$RUNS/jax_cache}
 if (( ${#SMALL[@]} )); then
   TAG=_small; R1_FLAGS=${R1_FLAGS_SMALL:-}; ABLATION_STEPS=2; RL_STEPS=3
   MEDIUM=$RUNS/r1_zero_gpu_small/base; ROOT_A=$RUNS/r1_zero_gpu_small; ROOT_B=$RUNS/r1_gpu_small

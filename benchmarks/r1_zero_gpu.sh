@@ -13,6 +13,9 @@
 # GRID (a sweep.py --grid instead of the seeds, e.g. GRID=loss_type=grpo,dr_grpo,dapo with
 # ROOT=runs/ablate_loss STAGE=rl for the GPU-scale ablations; PARALLEL defaults to 3 then),
 # RL_MEM_FRACTION (each seed's share of GPU memory; default 0.9 / PARALLEL),
+# COMPILE_CACHE (with PARALLEL > 1: the runs' shared JAX compilation cache, default
+# $ROOT/jax_cache; the first run fills it alone, autotuning on, and the others load its kernels:
+# experiments/sweep.py --compile_cache. Empty: autotuning off instead, which is slow),
 # PRETRAIN_MEM_FRACTION (XLA_PYTHON_CLIENT_MEM_FRACTION of the pretraining process, so that another
 # job, e.g. `STAGE=small_base bash benchmarks/r1_gpu.sh`, can share the GPU meanwhile).
 # STAGE=rl reuses BASE from an earlier STAGE=pretrain on the same machine.
@@ -80,12 +83,25 @@ if [[ $STAGE == all || $STAGE == rl ]]; then
   echo "== GRPO, $GRID, $PARALLEL at a time, into $ROOT"
   # Several small runs share the GPU: each process gets a slice of its memory.
   MEM=${RL_MEM_FRACTION:-$(awk -v p="$PARALLEL" 'BEGIN { printf "%.2f", (p > 1) ? 0.9 / p : 0 }')}
+  CACHE=()
+  COMPILE_CACHE=${COMPILE_CACHE-$ROOT/jax_cache}
+  if (( PARALLEL > 1 )) && [[ -n $COMPILE_CACHE ]]; then
+    CACHE=(--compile_cache="$COMPILE_CACHE")
+    export JAX_EXPLAIN_CACHE_MISSES=1  # each run's log says which programs it loaded, not compiled
+  fi
   set +e
   timeout -s INT -k 60 "$RL_TIME_S" "$PY" experiments/sweep.py \
     --base_flagfile=experiments/configs/countdown_gpu.flags --grid="$GRID" --root="$ROOT" \
-    --parallel="$PARALLEL" --mem_fraction="$MEM" "${EXTRA[@]}"
+    --parallel="$PARALLEL" --mem_fraction="$MEM" "${CACHE[@]}" "${EXTRA[@]}"
   rc=$?
   set -e
+  if (( ${#CACHE[@]} )); then
+    for f in "$ROOT"/*=*.log; do
+      [[ -f $f ]] || continue
+      echo "== $(basename "$f"): programs compiled here, not loaded from the cache:" \
+           "$(grep -ci 'persistent compilation cache miss' "$f")"
+    done
+  fi
   if [[ $rc != 0 ]]; then
     echo "== sweep exited with $rc (124/130: RL_TIME_S=$RL_TIME_S reached); drawing what was logged"
     "$PY" experiments/sweep.py --base_flagfile=experiments/configs/countdown_gpu.flags \
@@ -116,7 +132,7 @@ import json, sys
 runs = json.load(open(sys.argv[1]))["runs"]
 for name, m in runs.items():
   row = [f"{name:>8}"]
-  for key in ("pass@1", "completion_length_mean", "reflection_rate"):
+  for key in ("pass@1", "format_rate", "completion_length_mean", "reflection_rate"):
     if key in m:
       row.append(f"{key} {m[key]['first']:.3f} -> {m[key]['last']:.3f}")
   print("  ".join(row))

@@ -21,7 +21,7 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from absl import app, flags
 
@@ -36,12 +36,18 @@ flags.DEFINE_float("mem_fraction", 0.0, "With --parallel > 1 on one accelerator:
                    "XLA_PYTHON_CLIENT_MEM_FRACTION (0: leave JAX's default).")
 flags.DEFINE_bool("parallel_autotune", False, "With --parallel > 1: let XLA autotune GPU kernels "
                   "in each process (off by default: see child_env).")
+flags.DEFINE_string("compile_cache", "", "With --parallel > 1 on one GPU: a directory for JAX's "
+                    "persistent compilation cache (and XLA's per-fusion autotune cache) shared by "
+                    "the runs. The first run starts alone and compiles, autotuning on, until it "
+                    "logs its first step; the others then start and load its kernels instead of "
+                    "autotuning concurrently (see child_env). Empty: autotuning off instead.")
 flags.DEFINE_bool("plot_only", False, "Only redraw the plots of existing runs.")
 flags.DEFINE_string("script", "", "Training script (default: r1_zero.py next to this file).")
 
 # (metrics file, key, y label, title) of each PNG; pass@1 is the held-out evaluation.
 METRICS = (
     ("eval_metrics.jsonl", "pass@1", "held-out pass@1", "accuracy (cf. R1 paper Fig. 2)"),
+    ("eval_metrics.jsonl", "format_rate", "held-out format rate", "well-formed answers"),
     ("metrics.jsonl", "accuracy", "train accuracy (smoothed)", "train accuracy"),
     ("metrics.jsonl", "completion_length_mean", "mean response length (tokens, smoothed)",
      "response length (cf. R1 paper Fig. 3)"),
@@ -96,27 +102,54 @@ NO_AUTOTUNE = "--xla_gpu_autotune_level=0"
 
 
 def child_env(environ: dict, parallel: int, mem_fraction: float = 0.0,
-              autotune: bool = False) -> dict:
+              autotune: bool = False, compile_cache: str = "") -> dict:
   """The environment of each run: with parallel > 1, a share of accelerator memory each and
-  (unless `autotune` or XLA_FLAGS already sets a level) GPU autotuning off; see NO_AUTOTUNE."""
+  either a shared compilation cache (`compile_cache`: autotuning stays on, and run_all lets the
+  first run fill the cache alone) or, unless `autotune` or XLA_FLAGS already sets a level, GPU
+  autotuning off; see NO_AUTOTUNE."""
   env = dict(environ)
   if parallel > 1 and mem_fraction > 0:
     env["XLA_PYTHON_CLIENT_MEM_FRACTION"] = str(mem_fraction)
+  if compile_cache:
+    env.update(JAX_COMPILATION_CACHE_DIR=os.path.abspath(compile_cache),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1",
+               JAX_PERSISTENT_CACHE_ENABLE_XLA_CACHES="xla_gpu_per_fusion_autotune_cache_dir")
+    return env
   xla_flags = env.get("XLA_FLAGS", "")
   if parallel > 1 and not autotune and "xla_gpu_autotune_level" not in xla_flags:
     env["XLA_FLAGS"] = f"{xla_flags} {NO_AUTOTUNE}".strip()
   return env
 
 
+def _train_rows(path: str) -> int:
+  """Rows of a run's metrics.jsonl that log a training step (not only an evaluation)."""
+  return sum(any(k != "step" and not k.startswith("eval/") for k in row)
+             for row in _read_jsonl(path))
+
+
+def trained(metrics_path: str) -> Callable[[], bool]:
+  """A test that is true once the run writing `metrics_path` (its metrics.jsonl) has logged a
+  training step more than now: by then every program of a step and of an evaluation at its
+  start has been compiled."""
+  rows0 = _train_rows(metrics_path)
+  return lambda: _train_rows(metrics_path) > rows0
+
+
 def run_all(commands: dict[str, list[str]], root: str, parallel: int,
-            env: Optional[dict] = None, stop_timeout_s: float = 50.0) -> dict[str, int]:
+            env: Optional[dict] = None, stop_timeout_s: float = 50.0,
+            first_warm: Optional[Callable[[], bool]] = None) -> dict[str, int]:
   """Runs the commands, `parallel` at a time, each logging to <root>/<name>.log; returns the
-  exit codes by name. Interrupted, it sends each running command one SIGINT and gives it
+  exit codes by name. With `first_warm`, the first command runs alone until first_warm() is
+  true or it exits. Interrupted, it sends each running command one SIGINT and gives it
   `stop_timeout_s` to save before killing it."""
   pending, running, codes = list(commands.items()), {}, {}
+  first = pending[0][0] if pending else None
   try:
     while pending or running:
       while pending and len(running) < parallel:
+        if first_warm is not None and first in running and not first_warm():
+          break
         name, cmd = pending.pop(0)
         log = open(os.path.join(root, f"{name}.log"), "a")  # pylint: disable=consider-using-with
         print(f"[sweep] start {name}: {' '.join(cmd)}", flush=True)
@@ -149,10 +182,18 @@ def run_all(commands: dict[str, list[str]], root: str, parallel: int,
 
 
 def _read_jsonl(path: str) -> list[dict]:
+  """The rows of a JSONL file ([] if absent; a last line still being written is left out)."""
   if not os.path.exists(path):
     return []
+  rows = []
   with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+    for line in f:
+      try:
+        rows.append(json.loads(line))
+      except json.JSONDecodeError:
+        if line.endswith("\n"):
+          raise
+  return rows
 
 
 def _smooth(values: Sequence[float], window: int) -> list[float]:
@@ -232,11 +273,16 @@ def main(argv):
   workdirs = {run_name(p): os.path.join(FLAGS.root, run_name(p)) for p in points}
   codes = {}
   if not FLAGS.plot_only:
+    cache = FLAGS.compile_cache if FLAGS.parallel > 1 else ""
     env = child_env(dict(os.environ), FLAGS.parallel, FLAGS.mem_fraction,
-                    FLAGS.parallel_autotune)
+                    FLAGS.parallel_autotune, cache)
     cmds = {run_name(p): command(p, workdirs[run_name(p)], FLAGS.base_flagfile, FLAGS.extra,
                                  script) for p in points}
-    codes = run_all(cmds, FLAGS.root, FLAGS.parallel, env)
+    first_warm = None
+    if cache:
+      os.makedirs(cache, exist_ok=True)
+      first_warm = trained(os.path.join(workdirs[run_name(points[0])], "metrics.jsonl"))
+    codes = run_all(cmds, FLAGS.root, FLAGS.parallel, env, first_warm=first_warm)
   paths = plot_sweep(workdirs, FLAGS.root)
   summary = summarize(workdirs)
   with open(os.path.join(FLAGS.root, "summary.json"), "w") as f:

@@ -106,6 +106,68 @@ def test_child_env_turns_gpu_autotuning_off_for_parallel_runs():
   assert "XLA_FLAGS" not in sweep.child_env({}, parallel=2, autotune=True)
 
 
+def test_child_env_with_a_compile_cache_keeps_autotuning_and_shares_the_cache(tmp_path):
+  base = {"PATH": "/bin"}
+  env = sweep.child_env(base, parallel=3, mem_fraction=0.3, compile_cache=str(tmp_path))
+  assert env["JAX_COMPILATION_CACHE_DIR"] == str(tmp_path)
+  assert env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] == "0"
+  assert "XLA_FLAGS" not in env  # autotuning stays on: the first run's kernels are shared
+  # The variables are JAX's own: a program run with them writes its compiled kernels there.
+  out = subprocess.run([sys.executable, "-c", "import jax, jax.numpy as jnp; "
+                        "print(jax.jit(lambda x: x @ x + 1)(jnp.ones((4, 4))).sum())"],
+                       env=dict(os.environ, **{k: v for k, v in env.items() if k != "PATH"}),
+                       capture_output=True, text=True, timeout=120)
+  assert out.returncode == 0, out.stderr
+  assert any(n.startswith("jit__lambda") for n in os.listdir(tmp_path))
+
+
+STARTS_CHILD = r"""
+import sys, time
+log, marker = sys.argv[1], sys.argv[2]
+open(log, "a").write(f"start {time.time()}\n")
+if marker != "-":
+  time.sleep(1.0)
+  open(marker, "a").write('{"step": 0, "eval/pass@1": 0.1}\n')
+  time.sleep(0.5)  # an evaluation alone does not count
+  open(log, "a").write(f"evaluated {time.time()}\n")
+  open(marker, "a").write('{"step": 1, "loss": 0.5}\n')
+  open(log, "a").write(f"warm {time.time()}\n")
+  time.sleep(0.5)
+"""
+
+
+def test_run_all_starts_the_others_once_the_first_is_warm(tmp_path):
+  child = tmp_path / "child.py"
+  child.write_text(STARTS_CHILD)
+  marker = tmp_path / "metrics.jsonl"
+  marker.write_text('{"step": 0, "loss": 1.0}\n')  # a resumed run: only a new step counts
+  logs = {n: str(tmp_path / f"{n}.times") for n in "abc"}
+  cmds = {"a": [sys.executable, str(child), logs["a"], str(marker)],
+          "b": [sys.executable, str(child), logs["b"], "-"],
+          "c": [sys.executable, str(child), logs["c"], "-"]}
+  codes = sweep.run_all(cmds, str(tmp_path), 3, first_warm=sweep.trained(str(marker)))
+  assert codes == {"a": 0, "b": 0, "c": 0}
+  times = {n: dict(line.split() for line in open(p)) for n, p in logs.items()}
+  warm = float(times["a"]["warm"])
+  assert float(times["b"]["start"]) >= warm and float(times["c"]["start"]) >= warm
+  assert warm > float(times["a"]["evaluated"])
+  # Without first_warm all three start at once (before the first is warm).
+  for p in logs.values():
+    os.remove(p)
+  sweep.run_all(cmds, str(tmp_path), 3)
+  times = {n: dict(line.split() for line in open(p)) for n, p in logs.items()}
+  assert float(times["b"]["start"]) < float(times["a"]["warm"])
+
+
+def test_run_all_starts_the_others_when_the_first_exits_unwarmed(tmp_path):
+  child = tmp_path / "child.py"
+  child.write_text(STARTS_CHILD)
+  logs = {n: str(tmp_path / f"{n}.times") for n in "ab"}
+  cmds = {n: [sys.executable, str(child), logs[n], "-"] for n in "ab"}
+  never = lambda: False  # e.g. a finished run that resumes, logs nothing and exits
+  assert sweep.run_all(cmds, str(tmp_path), 2, first_warm=never) == {"a": 0, "b": 0}
+
+
 COUNTING_CHILD = r"""
 import os, signal, sys, time
 got = []
