@@ -349,7 +349,8 @@ def shard_generate(config: ModelConfig, sampling_cfg, param_sh, mesh: Mesh,
 
     prompts = batch_sharding(mesh, rules, b)
     return jax.jit(fn, in_shardings=(param_sh, prompts, prompts, replicated(mesh)),
-                   out_shardings=batch_sharding(mesh, rules, r))
+                   out_shardings=batch_sharding(mesh, rules, r),
+                   compiler_options=sampling.COMPILER_OPTIONS)
 
   def generate(params, prompt_tokens, prompt_mask, key):
     prompt_tokens, prompt_mask = put_batch((prompt_tokens, prompt_mask), mesh, rules)
