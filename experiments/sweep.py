@@ -91,13 +91,14 @@ def command(point: dict[str, str], workdir: str, base_flagfile: str, extra: Sequ
           + list(extra) + [f"--{k}={v}" for k, v in point.items()])
 
 
-# Measured on one H100 (jax 0.11.2, 2026-11-23): when several processes compile at once on one
-# GPU, XLA's kernel autotuning picks kernels that produce wrong results. Four concurrent copies
-# of the same held-out evaluation (25M model, bf16) all sampled corrupted text (format rate
-# 0.12, pass@1 0.007) while one alone, also with a 0.2 memory fraction, gave format 0.97 and
-# pass@1 0.066; with --xla_gpu_autotune_level=0 all four gave exactly the lone result.
-# The price (H200, 2026-12-01, BENCHMARKS.md): GRPO updates and pretraining of the 25M model ran
-# 5-7x slower with it. Several short runs are often better run one at a time (--parallel=1).
+# Measured on one H100 (jax 0.11.2, 2026-11-23): four concurrent copies of the same held-out
+# evaluation (25M model, bf16) all sampled corrupted text (format rate 0.12, pass@1 0.007) while
+# one alone, also with a 0.2 memory fraction, gave format 0.97 and pass@1 0.066; with
+# --xla_gpu_autotune_level=0 all four gave exactly the lone result. On an H200 (2026-12-01) a
+# lone process's evaluation was corrupted too, so the sampler now compiles with autotuning off
+# in every process (r1jax.sampling.COMPILER_OPTIONS) and the fault is not about concurrency
+# alone. Turning it off for whole processes, as below, also slows the GEMM-heavy updates and
+# pretraining 5-7x (BENCHMARKS.md); --compile_cache is the faster way to share a GPU.
 NO_AUTOTUNE = "--xla_gpu_autotune_level=0"
 
 

@@ -87,6 +87,7 @@ def evaluate_policy(params, model_config: ModelConfig, tokenizer, problems: Sequ
   Returns (report dict, records: one dict per problem with its prompt, completions, extracted
   answers and per-sample correct / format / truncated / lengths lists).
   """
+  from r1jax.runner import reflection_rate  # pylint: disable=import-outside-toplevel
   from r1jax.trainer import decode_completions, encode_prompts  # pylint: disable=import-outside-toplevel
   cfg = sampling.SamplingConfig(
       max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
@@ -133,6 +134,8 @@ def evaluate_policy(params, model_config: ModelConfig, tokenizer, problems: Sequ
   for name, field in (("format_rate", "format"), ("truncated_fraction", "truncated")):
     flat = [x for r in records for x in r[field]]
     report[name] = float(np.mean(flat)) if flat else 0.0
+  # The share of completions that check a result or try again (runner.REFLECTION_PATTERNS).
+  report["reflection_rate"] = reflection_rate([c for r in records for c in r["completions"]])
   # Scoring failures count as wrong answers; a non-zero count here says the numbers above are
   # not the policy's alone.
   report.update(reward_stats)

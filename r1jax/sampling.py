@@ -309,11 +309,12 @@ def _generate(params, config: ModelConfig, prompt_tokens, prompt_mask, key,
 
 
 # XLA options of every sampling program: GEMM autotuning off on GPU. Measured with jax 0.11.2 on
-# an H200 (2026-12-01, docs/r1_zero_gpu.md): with autotuning on, a lone process's evaluation
-# program (1,024 rows, T 0.6, top-p 0.95) sampled corrupted text (format rate 0.21 where the same
-# weights give ~0.97), while its training rollouts (512 rows, T 1.0) were sound; with autotuning
-# off every sampling program was sound, and the sampler, bound by memory, lost little speed.
-# Training programs keep autotuning (5-7x faster updates). On CPU the option does nothing.
+# one H200 (2026-12-01, docs/r1_zero_gpu.md): with autotuning on, a lone process's evaluation
+# program (1,024 rows, T 0.6, top-p 0.95) sampled corrupted text (format rate 0.21-0.23 where the
+# same weights give 0.999) while its training rollouts (512 rows, T 1.0) were sound; with it off
+# every sampling program was sound. The price there: a rollout of 512 x 512 tokens of the 25M
+# model took 5.2-5.4 s instead of 1.8-2.2 s (three runs sharing the GPU). Training programs keep
+# autotuning (5-7x faster updates). On CPU the option changes nothing.
 COMPILER_OPTIONS = {"xla_gpu_autotune_level": 0}
 
 _STATIC = ("config", "sampling", "cache_dtype", "cache_sharding")

@@ -162,3 +162,12 @@ def test_evaluate_policy_reports_scoring_failures():
   # Two sampler calls (3 problems in batches of 2): 4 + 2 completions scored.
   assert report["reward_timeouts"] == 6
   assert report["reward_errors"] == 2
+  # The reflection share is that of the returned completions.
+  from r1jax.runner import reflection_rate  # pylint: disable=import-outside-toplevel
+  _, records = r1eval.evaluate_policy(
+      model.init_params(config, jax.random.PRNGKey(0)), config, tok, problems,
+      format_prompt=lambda p: p.question, score_fn=score, extract_fn=rewards.extract_answer,
+      num_samples=2, key=jax.random.PRNGKey(1), max_prompt_length=256, max_new_tokens=8,
+      batch_size=2)
+  texts = [c for r in records for c in r["completions"]]
+  assert len(texts) == 6 and report["reflection_rate"] == reflection_rate(texts)
