@@ -10,24 +10,21 @@ computes wrong results.
 Measured with it on one H100 (2026-11-23, jax 0.11.2, a medium base pretrained for 60 s): four
 concurrent processes with XLA's default autotuning all sampled corrupted text (format rate
 ~0.12, pass@1 ~0.007) where one process alone gives 0.97 / 0.066; with
---xla_gpu_autotune_level=0 all four gave the lone result (docs/r1_zero_gpu.md). That is why
-experiments/sweep.py switches GPU autotuning off for parallel runs.
+--xla_gpu_autotune_level=0 all four gave the lone result (docs/r1_zero_gpu.md). On an H200
+(2026-12-01) a lone process's evaluation with autotuning on was corrupted too, so r1jax's
+sampler now compiles with GPU autotuning off in every process (r1jax.sampling.COMPILER_OPTIONS),
+which made its rollouts 2.8x slower there. --sampler_options tries other settings of the
+sampler's options (R1JAX_SAMPLER_XLA_OPTIONS) for soundness and speed:
 
-  python benchmarks/concurrent_eval.py --checkpoint runs/r1_zero_gpu/base_medium \\
-      --processes 4 --xla_flags= --xla_flags=--xla_gpu_autotune_level=0
+  python benchmarks/concurrent_eval.py --checkpoint runs/r1_zero_gpu/base_medium \
+      --processes 1 --sampler_options=default --sampler_options= \
+      --sampler_options=xla_gpu_enable_triton_gemm=false
   python benchmarks/concurrent_eval.py --small   # CPU check of the plumbing (~1 min)
 
 Each process gets XLA_PYTHON_CLIENT_MEM_FRACTION=0.9/processes of the device's memory.
-
-Turning autotuning off cost 5-7x in GEMM-heavy programs (BENCHMARKS.md, 2026-12-01). Not yet
-tried: autotuning once, alone, into XLA's per-fusion autotune cache, and letting the concurrent
-processes read it. --warm_first runs one process alone before the concurrent ones (its row is
-"warm"), with the setting's flags, so that
-
-  python benchmarks/concurrent_eval.py --checkpoint DIR --processes 4 --warm_first \
-      --xla_flags=--xla_gpu_per_fusion_autotune_cache_dir=/tmp/autotune_cache
-
-tells whether the cached kernels are sound when four processes share the GPU, and how fast.
+--warm_first runs one process alone before the concurrent ones (its row is "warm"), e.g. to
+fill an autotune cache (--xla_flags=--xla_gpu_per_fusion_autotune_cache_dir=DIR) that the
+concurrent ones then read.
 """
 
 from __future__ import annotations
@@ -48,9 +45,13 @@ TASK_OPTIONS = dict(min_count=3, max_count=3, max_number=10, max_target=50,
 def parse_args(argv):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--checkpoint", default="", help="r1jax/HF directory of a Countdown policy")
-  p.add_argument("--processes", type=int, default=4)
+  p.add_argument("--processes", type=int, default=None, help="default 4 (--small: 2)")
   p.add_argument("--xla_flags", action="append", default=None,
                  help="XLA_FLAGS of one setting (repeatable; default: '' only)")
+  p.add_argument("--sampler_options", action="append", default=None,
+                 help="R1JAX_SAMPLER_XLA_OPTIONS of one setting, the XLA options the sampler "
+                      "compiles with (repeatable; 'default': r1jax.sampling's own, GPU "
+                      "autotuning off; '': XLA's defaults). Each is tried with each --xla_flags")
   p.add_argument("--num_problems", type=int, default=64)
   p.add_argument("--num_samples", type=int, default=16)
   p.add_argument("--batch_size", type=int, default=64, help="problems per sampler call")
@@ -66,8 +67,10 @@ def parse_args(argv):
   args = p.parse_args(argv)
   if args.small:
     args.checkpoint = args.checkpoint or os.path.join(REPO, "checkpoints", "countdown_base_tiny")
-    args.processes, args.num_problems, args.num_samples = 2, 4, 2
+    args.processes = 2 if args.processes is None else args.processes
+    args.num_problems, args.num_samples = 4, 2
     args.batch_size, args.new_tokens, args.dtype = 4, 96, "float32"
+  args.processes = 4 if args.processes is None else args.processes
   if not args.checkpoint:
     p.error("--checkpoint is required (or --small)")
   if not os.path.isdir(args.checkpoint):
@@ -75,6 +78,7 @@ def parse_args(argv):
   if args.processes < 1:
     p.error(f"--processes={args.processes} must be >= 1")
   args.xla_flags = args.xla_flags if args.xla_flags is not None else [""]
+  args.sampler_options = args.sampler_options or ["default"]
   return args
 
 
@@ -107,11 +111,16 @@ def evaluate(args) -> dict:
               device=str(jax.devices()[0].device_kind))
 
 
-def run_setting(argv, args, xla_flags: str, processes: int) -> list[dict]:
-  """`processes` concurrent workers with XLA_FLAGS=xla_flags (from the environment; a worker
-  ignores its --xla_flags arguments); their reports (or errors)."""
+def run_setting(argv, args, xla_flags: str, processes: int,
+                sampler_options: str = "default") -> list[dict]:
+  """`processes` concurrent workers with XLA_FLAGS=xla_flags and R1JAX_SAMPLER_XLA_OPTIONS=
+  sampler_options (from the environment; a worker ignores its own --xla_flags and
+  --sampler_options); their reports (or errors)."""
   env = dict(os.environ, XLA_FLAGS=xla_flags,
              XLA_PYTHON_CLIENT_MEM_FRACTION=f"{0.9 / args.processes:.2f}")
+  env.pop("R1JAX_SAMPLER_XLA_OPTIONS", None)
+  if sampler_options != "default":
+    env["R1JAX_SAMPLER_XLA_OPTIONS"] = sampler_options
   cmd = [sys.executable, os.path.abspath(__file__), *argv, "--worker"]
   procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True) for _ in range(processes)]
@@ -134,21 +143,24 @@ def main(argv=None) -> int:
     return 0
   print(f"checkpoint {args.checkpoint}: {args.num_problems} problems x {args.num_samples} "
         f"samples, {args.new_tokens} new tokens, {args.dtype}, {args.processes} processes")
-  print("XLA_FLAGS | process | pass@1 | format | mean length | truncated | seconds")
+  print("XLA_FLAGS | sampler options | process | pass@1 | format | mean length | truncated | "
+        "seconds")
   failed = 0
   for flags_ in args.xla_flags:
-    rows = []
-    if args.warm_first:
-      rows += [("warm", r) for r in run_setting(argv, args, flags_, 1)]
-    rows += list(enumerate(run_setting(argv, args, flags_, args.processes)))
-    for i, r in rows:
-      if "error" in r:
-        failed += 1
-        print(f"{flags_ or '-'} | {i} | error: {r['error']}")
-        continue
-      print(f"{flags_ or '-'} | {i} | {r['pass@1']:.3f} | {r['format_rate']:.3f} | "
-            f"{r['completion_length_mean']:.1f} | {r['truncated_fraction']:.3f} | "
-            f"{r['seconds']:.1f}")
+    for opts in args.sampler_options:
+      rows = []
+      if args.warm_first:
+        rows += [("warm", r) for r in run_setting(argv, args, flags_, 1, opts)]
+      rows += list(enumerate(run_setting(argv, args, flags_, args.processes, opts)))
+      for i, r in rows:
+        head = f"{flags_ or '-'} | {opts or '-'} | {i}"
+        if "error" in r:
+          failed += 1
+          print(f"{head} | error: {r['error']}")
+          continue
+        print(f"{head} | {r['pass@1']:.3f} | {r['format_rate']:.3f} | "
+              f"{r['completion_length_mean']:.1f} | {r['truncated_fraction']:.3f} | "
+              f"{r['seconds']:.1f}")
   return 1 if failed else 0
 
 

@@ -19,6 +19,7 @@ weights and cache buffers (why: see model.py).
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import NamedTuple, Optional, Sequence
 
 import jax
@@ -308,14 +309,36 @@ def _generate(params, config: ModelConfig, prompt_tokens, prompt_mask, key,
 
 
 
+def parse_compiler_options(spec: str) -> dict:
+  """'xla_gpu_autotune_level=4,xla_gpu_enable_triton_gemm=false' -> {name: value} (ints and
+  true/false parsed; '' -> {}); raises naming the bad entry."""
+  out = {}
+  for item in filter(None, (x.strip() for x in spec.split(","))):
+    name, sep, value = item.partition("=")
+    if not sep or not name.strip() or not value.strip():
+      raise ValueError(f"R1JAX_SAMPLER_XLA_OPTIONS: {item!r} is not name=value")
+    value = value.strip()
+    if value.lower() in ("true", "false"):
+      out[name.strip()] = value.lower() == "true"
+    else:
+      try:
+        out[name.strip()] = int(value)
+      except ValueError:
+        out[name.strip()] = value
+  return out
+
+
 # XLA options of every sampling program: GEMM autotuning off on GPU. Measured with jax 0.11.2 on
 # one H200 (2026-12-01, docs/r1_zero_gpu.md): with autotuning on, a lone process's evaluation
 # program (1,024 rows, T 0.6, top-p 0.95) sampled corrupted text (format rate 0.21-0.23 where the
 # same weights give 0.999) while its training rollouts (512 rows, T 1.0) were sound; with it off
 # every sampling program was sound. The price there: a rollout of 512 x 512 tokens of the 25M
-# model took 5.2-5.4 s instead of 1.8-2.2 s (three runs sharing the GPU). Training programs keep
-# autotuning (5-7x faster updates). On CPU the option changes nothing.
-COMPILER_OPTIONS = {"xla_gpu_autotune_level": 0}
+# model took 5.3 s instead of 1.8-1.9 s (median, three runs sharing the GPU). Training programs
+# keep autotuning (5-7x faster updates). On CPU the option changes nothing. The environment
+# variable R1JAX_SAMPLER_XLA_OPTIONS (name=value,...) replaces them, e.g. to try a faster setting
+# against benchmarks/concurrent_eval.py's check; empty ("") compiles with XLA's defaults.
+COMPILER_OPTIONS = parse_compiler_options(
+    os.environ.get("R1JAX_SAMPLER_XLA_OPTIONS", "xla_gpu_autotune_level=0"))
 
 _STATIC = ("config", "sampling", "cache_dtype", "cache_sharding")
 _generate_jit = jax.jit(_generate, static_argnames=_STATIC, compiler_options=COMPILER_OPTIONS)

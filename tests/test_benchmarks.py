@@ -84,9 +84,9 @@ def test_concurrent_eval_small_rows_agree(capsys):
   assert concurrent_eval.main(["--small"]) == 0
   rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines()
           if line.startswith("- | ")]
-  assert len(rows) == 2
-  assert rows[0][2:6] == rows[1][2:6]  # pass@1, format, length, truncated
-  assert float(rows[0][3]) > 0.5  # the base formats its answers: real completions were scored
+  assert len(rows) == 2 and all(r[1] == "default" for r in rows)
+  assert rows[0][3:7] == rows[1][3:7]  # pass@1, format, length, truncated
+  assert float(rows[0][4]) > 0.5  # the base formats its answers: real completions were scored
 
 
 def test_concurrent_eval_warm_first_adds_a_lone_run(capsys):
@@ -94,8 +94,22 @@ def test_concurrent_eval_warm_first_adds_a_lone_run(capsys):
   assert concurrent_eval.main(["--small", "--warm_first"]) == 0  # --small: 2 processes
   rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines()
           if line.startswith("- | ")]
-  assert [r[1] for r in rows] == ["warm", "0", "1"]
-  assert rows[0][2:6] == rows[1][2:6] == rows[2][2:6]
+  assert [r[2] for r in rows] == ["warm", "0", "1"]
+  assert rows[0][3:7] == rows[1][3:7] == rows[2][3:7]
+
+
+def test_concurrent_eval_tries_each_sampler_setting(capsys):
+  """--sampler_options reaches the workers' sampler (on CPU the GPU options change nothing, so
+  both settings give the same numbers; a bad setting fails in the worker, not silently)."""
+  import concurrent_eval  # pylint: disable=import-outside-toplevel
+  assert concurrent_eval.main(["--small", "--processes=1", "--sampler_options=default",
+                               "--sampler_options="]) == 0
+  rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines()
+          if line.startswith("- | ")]
+  assert [r[1] for r in rows] == ["default", "-"]
+  assert rows[0][3:7] == rows[1][3:7]
+  assert concurrent_eval.main(["--small", "--processes=1", "--sampler_options=level"]) == 1
+  assert "is not name=value" in capsys.readouterr().out
 
 
 def _fake_finished_queue(runs):

@@ -1,12 +1,16 @@
 """Tests of r1jax.sampling against brute-force decoding, transformers and exact distributions."""
 
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 
-from r1jax import model
+from r1jax import model, sampling
 from r1jax.config import get_config
 from r1jax.sampling import (SamplingConfig, filter_logits, generate, left_pad, sample_token)
 
@@ -316,3 +320,25 @@ def test_bfloat16_compute_over_float32_weights(tiny):
   expected = np.take_along_axis(logp, np.asarray(out.tokens)[..., None], -1)[..., 0]
   # bf16 rounding of activations (8 bits of mantissa): the same up to a few hundredths.
   np.testing.assert_allclose(np.asarray(out.log_probs), expected, atol=0.05, rtol=0)
+
+
+def test_sampler_compiler_options_parse_and_come_from_the_environment():
+  assert sampling.parse_compiler_options("") == {}
+  assert sampling.parse_compiler_options(
+      "xla_gpu_autotune_level=4, xla_gpu_enable_triton_gemm=false") == {
+          "xla_gpu_autotune_level": 4, "xla_gpu_enable_triton_gemm": False}
+  with pytest.raises(ValueError, match="R1JAX_SAMPLER_XLA_OPTIONS: 'level' is not name=value"):
+    sampling.parse_compiler_options("level")
+  # The default turns GPU autotuning off; the variable replaces it, and the sampler still runs.
+  assert sampling.COMPILER_OPTIONS == {"xla_gpu_autotune_level": 0} or \
+      "R1JAX_SAMPLER_XLA_OPTIONS" in os.environ
+  code = ("import jax, jax.numpy as jnp; from r1jax import sampling, model; "
+          "from r1jax.config import get_config; c = get_config('tiny'); "
+          "p = model.init_params(c, jax.random.PRNGKey(0)); "
+          "o = sampling.generate(p, c, jnp.ones((1, 3), jnp.int32), jnp.ones((1, 3), bool), "
+          "jax.random.PRNGKey(1), sampling.SamplingConfig(max_new_tokens=4)); "
+          "print(sampling.COMPILER_OPTIONS, o.tokens.shape)")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, R1JAX_SAMPLER_XLA_OPTIONS=""))
+  assert out.returncode == 0, out.stderr
+  assert out.stdout.split("\n")[0] == "{} (1, 4)"
