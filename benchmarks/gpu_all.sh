@@ -17,8 +17,9 @@
 # share the GPU (3 by default) through one JAX compilation cache (COMPILE_CACHE, default
 # $RUNS/jax_cache): the first run compiles alone with XLA's autotuning on, the others start once
 # it has logged a step and load its kernels. Why: several processes autotuning at once on one
-# GPU got kernels that sampled corrupted text, and turning autotuning off against that cost ~5x
-# in the update step and ~10x in pretraining on an H200 (docs/r1_zero_gpu.md). PARALLEL=1 runs
+# GPU got kernels that sampled corrupted text (the sampler now compiles untuned in every process
+# for the same reason), and turning autotuning off for whole processes cost ~5x in the update
+# step and ~10x in pretraining on an H200 (docs/r1_zero_gpu.md). PARALLEL=1 runs
 # them one at a time. GRACE_S before DEADLINE_S the running job gets a SIGINT, finishes its
 # step and saves it (checkpoint.StopAtStepBoundary).
 #
