@@ -25,6 +25,8 @@ from typing import Callable, Optional, Sequence
 
 from absl import app, flags
 
+from r1jax import logs
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("base_flagfile", "experiments/configs/countdown_tiny.flags",
                     "Flagfile every run starts from.")
@@ -126,15 +128,21 @@ def child_env(environ: dict, parallel: int, mem_fraction: float = 0.0,
 def _train_rows(path: str) -> int:
   """Rows of a run's metrics.jsonl that log a training step (not only an evaluation)."""
   return sum(any(k != "step" and not k.startswith("eval/") for k in row)
-             for row in _read_jsonl(path))
+             for row in logs.read_jsonl(path))
 
 
 def trained(metrics_path: str) -> Callable[[], bool]:
   """A test that is true once the run writing `metrics_path` (its metrics.jsonl) has logged a
   training step more than now: by then every program of a step and of an evaluation at its
-  start has been compiled."""
-  rows0 = _train_rows(metrics_path)
-  return lambda: _train_rows(metrics_path) > rows0
+  start has been compiled. Once true it stays true without reading the file again."""
+  rows0, seen = _train_rows(metrics_path), []
+
+  def test() -> bool:
+    if not seen and _train_rows(metrics_path) > rows0:
+      seen.append(True)
+    return bool(seen)
+
+  return test
 
 
 def run_all(commands: dict[str, list[str]], root: str, parallel: int,
@@ -182,39 +190,16 @@ def run_all(commands: dict[str, list[str]], root: str, parallel: int,
   return codes
 
 
-def _read_jsonl(path: str) -> list[dict]:
-  """The rows of a JSONL file ([] if absent; a last line still being written is left out)."""
-  if not os.path.exists(path):
-    return []
-  rows = []
-  with open(path) as f:
-    for line in f:
-      try:
-        rows.append(json.loads(line))
-      except json.JSONDecodeError:
-        if line.endswith("\n"):
-          raise
-  return rows
-
-
-def _smooth(values: Sequence[float], window: int) -> list[float]:
-  out = []
-  for i in range(len(values)):
-    chunk = values[max(0, i - window + 1):i + 1]
-    out.append(sum(chunk) / len(chunk))
-  return out
-
-
 def curves(workdirs: dict[str, str], file: str, key: str) -> dict[str, tuple[list, list]]:
   """{run name: (steps, values)} of `key` in each workdir's `file` (runs without it left out);
   train metrics are smoothed over a window of 1/20 of the run."""
   out = {}
   for name, wd in workdirs.items():
-    rows = [r for r in _read_jsonl(os.path.join(wd, file)) if key in r and "step" in r]
+    rows = [r for r in logs.read_jsonl(os.path.join(wd, file)) if key in r and "step" in r]
     if rows:
       steps, values = [r["step"] for r in rows], [float(r[key]) for r in rows]
       if file == "metrics.jsonl":
-        values = _smooth(values, max(1, len(values) // 20))
+        values = logs.smooth(values, max(1, len(values) // 20))
       out[name] = (steps, values)
   return out
 
@@ -251,7 +236,7 @@ def summarize(workdirs: dict[str, str], metrics=METRICS) -> dict[str, dict]:
   for name, wd in workdirs.items():
     out[name] = {}
     for file, key, _, _ in metrics:
-      rows = [r[key] for r in _read_jsonl(os.path.join(wd, file)) if key in r]
+      rows = [r[key] for r in logs.read_jsonl(os.path.join(wd, file)) if key in r]
       if rows:
         out[name][key] = {"first": rows[0], "last": rows[-1]}
   return out

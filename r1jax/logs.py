@@ -49,10 +49,21 @@ def _jsonable(v):
 
 
 def read_jsonl(path: str) -> list[dict]:
+  """The rows of a JSONL log ([] if absent). A last line without its newline is one that a
+  running writer has not finished, and is left out; any other bad line raises."""
   if not os.path.exists(path):
     return []
+  rows = []
   with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+    for line in f:
+      if not line.strip():
+        continue
+      try:
+        rows.append(json.loads(line))
+      except json.JSONDecodeError:
+        if line.endswith("\n"):
+          raise
+  return rows
 
 
 def write_samples(path: str, records: Iterable[dict]):
@@ -63,7 +74,8 @@ def write_samples(path: str, records: Iterable[dict]):
       f.write(json.dumps({k: _jsonable(v) for k, v in r.items()}) + "\n")
 
 
-def _smooth(values: Sequence[float], window: int) -> list[float]:
+def smooth(values: Sequence[float], window: int) -> list[float]:
+  """Trailing mean over the last `window` values."""
   out, acc = [], []
   for v in values:
     acc.append(v)
@@ -89,7 +101,7 @@ def plot_run(workdir: str, out_dir: Optional[str] = None, title: str = "") -> li
 
   def smoothed(key):  # rows without the key (e.g. the eval-only row of step 0) are skipped
     rows = [r for r in train if key in r]
-    return [r["step"] for r in rows], _smooth([r[key] for r in rows], window)
+    return [r["step"] for r in rows], smooth([r[key] for r in rows], window)
 
   def figure(name, lines, ylabel, default_title, ylim=None):
     """lines: [(xs, ys, label, plot kwargs)] -> <out_dir>/<name>.png."""

@@ -198,3 +198,13 @@ def test_interrupted_sweep_signals_each_run_once(tmp_path):
   os.killpg(proc.pid, signal.SIGINT)
   proc.wait(timeout=60)
   assert [open(c).read() for c in counts] == ["1", "1"]
+
+
+def test_read_jsonl_leaves_out_a_line_still_being_written(tmp_path):
+  from r1jax import logs  # pylint: disable=import-outside-toplevel
+  path = tmp_path / "metrics.jsonl"
+  path.write_text('{"step": 1, "loss": 0.5}\n\n{"step": 2, "lo')  # a writer mid-line
+  assert logs.read_jsonl(str(path)) == [{"step": 1, "loss": 0.5}]
+  path.write_text('{"step": 1}\nnot json\n{"step": 2}\n')  # a finished bad line is an error
+  with pytest.raises(json.JSONDecodeError):
+    logs.read_jsonl(str(path))
