@@ -64,7 +64,12 @@ def parse_args(argv):
   p.add_argument("--small", action="store_true",
                  help="CPU check: the committed tiny base, 2 processes, a few short samples")
   p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+  p.add_argument("--choose_from", default="", help=argparse.SUPPRESS)  # choose_sampler_options.sh
+  p.add_argument("--choice_file", default="", help=argparse.SUPPRESS)
+  p.add_argument("--tol", type=float, default=0.05, help=argparse.SUPPRESS)
   args = p.parse_args(argv)
+  if args.choose_from:
+    return args
   if args.small:
     args.checkpoint = args.checkpoint or os.path.join(REPO, "checkpoints", "countdown_base_tiny")
     args.processes = 2 if args.processes is None else args.processes
@@ -135,9 +140,39 @@ def run_setting(argv, args, xla_flags: str, processes: int,
   return results
 
 
+def choose_setting(rows: list[tuple[str, str, str, str]], tol: float) -> tuple[str, list[str]]:
+  """For benchmarks/choose_sampler_options.sh: rows of (options, pass@1, format rate, ms per
+  decode step), as text ('error' where a run failed), the first row the reference ('default').
+  A setting is sound when its pass@1 and format rate are within `tol` of the reference's; the
+  choice is the fastest sound one ('default' when none beats it). Returns (choice, table)."""
+  def num(s):
+    return None if s in ("", "error") else float(s)
+  ref = rows[0]
+  if num(ref[1]) is None or num(ref[2]) is None:
+    raise ValueError(f"the reference setting {ref[0]!r} failed: no choice made")
+  table = ["options | pass@1 | format | ms per decode step (sampler.py) | sound"]
+  best, best_ms = ref[0], num(ref[3])
+  for opts, p, f, ms in rows:
+    sound = None not in (num(p), num(f)) and (abs(num(p) - num(ref[1])) <= tol
+                                             and abs(num(f) - num(ref[2])) <= tol)
+    table.append(f"{opts or repr('')} | {p} | {f} | {ms} | {'yes' if sound else 'NO'}")
+    if sound and num(ms) is not None and (best_ms is None or num(ms) < best_ms):
+      best, best_ms = opts, num(ms)
+  table.append(f"chosen: {best!r} ({best_ms} ms per step)")
+  return best, table
+
+
 def main(argv=None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   args = parse_args(argv)
+  if args.choose_from:
+    with open(args.choose_from) as f:
+      rows = [tuple(line.rstrip("\n").split("\t")) for line in f if line.strip()]
+    best, table = choose_setting(rows, args.tol)
+    print("\n".join(table))
+    with open(args.choice_file, "w") as f:
+      f.write(best)
+    return 0
   if args.worker:
     print(json.dumps(evaluate(args)), flush=True)
     return 0

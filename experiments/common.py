@@ -74,6 +74,10 @@ flags.DEFINE_integer("ref_model_sync_steps", 64, "Steps per reference reset.")
 flags.DEFINE_float("ref_model_mixup_alpha", 1.0, "π_ref ← α π_θ + (1−α) π_ref (1: reset).")
 flags.DEFINE_bool("dynamic_sampling", False, "DAPO: replace groups of equal rewards.")
 flags.DEFINE_integer("max_resample_rounds", 4, "Dynamic sampling: extra rounds at most.")
+flags.DEFINE_integer("overlong_buffer", 0, "DAPO soft overlong punishment: the last this many "
+                     "tokens before max_completion_length lower the reward linearly to "
+                     "-overlong_penalty at the limit (0: off).")
+flags.DEFINE_float("overlong_penalty", 1.0, "Weight of the soft overlong punishment.")
 flags.DEFINE_enum("remat", "none", sorted(model.REMAT_POLICIES), "Rematerialization policy.")
 flags.DEFINE_integer("logprob_chunk_size", None, "Unembed in chunks of this many positions.")
 flags.DEFINE_integer("seed", 0, "Seed of everything: init, data order, sampling.")

@@ -130,6 +130,7 @@ def grpo_train_config(max_steps: int, learning_rate: float) -> trainer.TrainConf
       sync_ref_model=FLAGS.sync_ref_model, ref_model_sync_steps=FLAGS.ref_model_sync_steps,
       ref_model_mixup_alpha=FLAGS.ref_model_mixup_alpha,
       dynamic_sampling=FLAGS.dynamic_sampling, max_resample_rounds=FLAGS.max_resample_rounds,
+      overlong_buffer=FLAGS.overlong_buffer, overlong_penalty=FLAGS.overlong_penalty,
       remat=FLAGS.remat, logprob_chunk_size=FLAGS.logprob_chunk_size, seed=FLAGS.seed)
 
 

@@ -71,6 +71,7 @@ def main(argv):
       sync_ref_model=FLAGS.sync_ref_model, ref_model_sync_steps=FLAGS.ref_model_sync_steps,
       ref_model_mixup_alpha=FLAGS.ref_model_mixup_alpha,
       dynamic_sampling=FLAGS.dynamic_sampling, max_resample_rounds=FLAGS.max_resample_rounds,
+      overlong_buffer=FLAGS.overlong_buffer, overlong_penalty=FLAGS.overlong_penalty,
       remat=FLAGS.remat, logprob_chunk_size=FLAGS.logprob_chunk_size, seed=FLAGS.seed,
       gradient_accumulation_steps=FLAGS.gradient_accumulation_steps,
       logprob_batch_size=FLAGS.logprob_batch_size, adam_mu_dtype=FLAGS.adam_mu_dtype)

@@ -172,6 +172,20 @@ ACCURACY_FNS: dict[str, RewardFn] = {
 }
 
 
+def overlong_penalty(lengths, max_length: int, buffer: int) -> np.ndarray:
+  """DAPO's soft overlong punishment (Yu et al. 2025, Eq. 13), in [-1, 0] per completion.
+
+  0 up to `max_length - buffer` tokens, then falling linearly to -1 at `max_length` (a
+  completion cut off there, and anything longer, gets -1). Scored on token lengths, so it lives
+  beside the text rewards rather than among them; the trainer adds it times a weight.
+  """
+  if not 0 < buffer <= max_length:
+    raise ValueError(f"--overlong_buffer={buffer} must be in [1, max_completion_length="
+                     f"{max_length}]")
+  lengths = np.asarray(lengths, np.float64)
+  return (-np.clip((lengths - (max_length - buffer)) / buffer, 0.0, 1.0)).astype(np.float32)
+
+
 def format_component(response: str, problem: Problem) -> float:
   """format_reward as a REWARD_FNS entry (the response already includes the prefix)."""
   del problem

@@ -29,6 +29,7 @@ import numpy as np
 import optax
 
 from r1jax import accumulate, grpo, model, sampling, sharding
+from r1jax import rewards as rewards_lib
 from r1jax.config import ModelConfig, dtype_from_name
 from r1jax.data import ProblemStream
 
@@ -73,6 +74,11 @@ class TrainConfig:
   # DAPO dynamic sampling: drop groups whose rewards are all equal and refill from new prompts.
   dynamic_sampling: bool = False
   max_resample_rounds: int = 4
+  # DAPO soft overlong punishment: overlong_penalty x rewards.overlong_penalty (0 up to
+  # max_completion_length - overlong_buffer tokens, -1 at the limit) is added to each
+  # completion's reward. 0 tokens: off.
+  overlong_buffer: int = 0
+  overlong_penalty: float = 1.0
   # Memory levers.
   remat: str = "none"
   logprob_chunk_size: Optional[int] = None
@@ -120,6 +126,11 @@ class TrainConfig:
         self.logprob_batch_size < 1 or rows % self.logprob_batch_size):
       raise ValueError(f"--logprob_batch_size={self.logprob_batch_size} must divide "
                        f"prompts_per_step * num_generations = {rows}")
+    if not 0 <= self.overlong_buffer <= self.max_completion_length:
+      raise ValueError(f"--overlong_buffer={self.overlong_buffer} must be in [0, "
+                       f"max_completion_length={self.max_completion_length}]")
+    if self.overlong_penalty < 0 or not np.isfinite(self.overlong_penalty):
+      raise ValueError(f"--overlong_penalty must be >= 0, got {self.overlong_penalty}")
     if self.remat not in model.REMAT_POLICIES:
       raise ValueError(f"--remat={self.remat!r}; expected one of {sorted(model.REMAT_POLICIES)}")
 
@@ -306,13 +317,19 @@ class GRPOTrainer:
     completions = decode_completions(self.tokenizer, out.tokens, out.lengths)
     t0 = time.perf_counter()
     rewards, components, stats = self.reward_fn(completions, rows)
+    rewards = np.asarray(rewards, np.float32)
+    if self.cfg.overlong_buffer:
+      overlong = rewards_lib.overlong_penalty(out.lengths, self.cfg.max_completion_length,
+                                              self.cfg.overlong_buffer)
+      components = dict(components, overlong=overlong)
+      rewards = rewards + np.float32(self.cfg.overlong_penalty) * overlong
     reward_time = time.perf_counter() - t0
     batch = {
         "prompt_tokens": np.asarray(out.prompt_tokens), "prompt_mask": np.asarray(out.prompt_mask),
         "completion_tokens": np.asarray(out.tokens), "completion_mask": np.asarray(out.mask),
         "truncated": np.asarray(out.truncated),
     }
-    return Rollout(rows, completions, batch, np.asarray(rewards, np.float32), components,
+    return Rollout(rows, completions, batch, rewards, components,
                    dict(stats), sample_time, reward_time, int(np.sum(out.lengths)))
 
   def _sample_batch(self, params, position: int, key):

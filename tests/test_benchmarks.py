@@ -110,6 +110,28 @@ def test_concurrent_eval_tries_each_sampler_setting(capsys):
   assert rows[0][3:7] == rows[1][3:7]
 
 
+def test_choose_setting_takes_the_fastest_sound_one(tmp_path):
+  """choose_sampler_options.sh's choice: a setting far from the reference's pass@1 or format rate
+  is not sound however fast; a failed run is not sound; with no sound faster one, 'default'."""
+  import concurrent_eval  # pylint: disable=import-outside-toplevel
+  rows = [("default", "0.160", "1.000", "2.85"),
+          ("", "0.012", "0.230", "1.00"),            # XLA defaults: fast but corrupted
+          ("a=1", "0.150", "0.990", "2.00"),          # sound, faster
+          ("b=1", "0.165", "1.000", "2.50"),          # sound, slower than a=1
+          ("c=1", "error", "error", "0.50")]           # failed
+  best, table = concurrent_eval.choose_setting(rows, tol=0.05)
+  assert best == "a=1"
+  assert [line.rsplit(" | ", 1)[-1] for line in table[1:-1]] == ["yes", "NO", "yes", "yes", "NO"]
+  assert concurrent_eval.choose_setting(rows[:2], tol=0.05)[0] == "default"
+  with pytest.raises(ValueError, match="failed"):
+    concurrent_eval.choose_setting([("default", "error", "error", "1")], tol=0.05)
+  # The command line: tab-separated rows in, the choice written to --choice_file.
+  (tmp_path / "rows").write_text("".join("\t".join(r) + "\n" for r in rows[:3]))
+  assert concurrent_eval.main(["--choose_from", str(tmp_path / "rows"), "--choice_file",
+                               str(tmp_path / "choice")]) == 0
+  assert (tmp_path / "choice").read_text() == "a=1"
+
+
 def _fake_finished_queue(runs):
   """The directories of a finished `benchmarks/gpu_all.sh --small`: both bases pretrained, the
   seeds evaluated at their last step, the R1 pipeline done, the distillation table written."""

@@ -366,3 +366,12 @@ def test_bad_arguments_raise():
   finally:
     del rewards.REWARD_FNS["local_lambda"]
   assert score_completions([], [], "math", INLINE)[0].shape == (0,)
+
+
+def test_overlong_penalty_is_dapos_soft_punishment():
+  # max 10, buffer 4: free up to 6 tokens, then -1/4 per token, -1 at 10 and beyond.
+  got = rewards.overlong_penalty([0, 6, 7, 8, 10, 12], max_length=10, buffer=4)
+  np.testing.assert_allclose(got, [0, 0, -0.25, -0.5, -1, -1])
+  assert got.dtype == np.float32
+  with pytest.raises(ValueError, match="--overlong_buffer"):
+    rewards.overlong_penalty([1], max_length=10, buffer=11)

@@ -270,3 +270,16 @@ def test_dynamic_sampling_replaces_groups_of_equal_rewards():
   assert all(p.question not in ("ab", "ef") for p in ro.problems)
   assert position > t.cfg.prompts_per_step  # it had to sample more prompts
   assert stats["informative_groups"] == 1.0
+
+
+def test_overlong_penalty_is_added_to_the_rewards():
+  t, params = make_trainer(overlong_buffer=2, overlong_penalty=0.5)  # 3 tokens: free up to 1
+  state = t.init_state(params)
+  ro = t.rollout(state["params"], PROBLEMS[:2], jax.random.PRNGKey(3))
+  lengths = ro.batch["completion_mask"].sum(1)
+  base, _, _ = toy_reward(ro.completions, ro.problems)
+  expect = np.clip((lengths - 1) / 2, 0, 1)
+  np.testing.assert_allclose(ro.components["overlong"], -expect)
+  np.testing.assert_allclose(ro.rewards, base - 0.5 * expect, rtol=1e-6)
+  with pytest.raises(ValueError, match="--overlong_buffer"):
+    make_trainer(overlong_buffer=4)
