@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from typing import Optional
 
 from absl import flags
 
@@ -16,7 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=wrong-import-position
 import jax  # noqa: E402
 
-from r1jax import grpo, hf, model, sharding  # noqa: E402
+from r1jax import grpo, hf, model, sharding, trainer  # noqa: E402
 from r1jax.config import get_config  # noqa: E402
 from r1jax.tokenizer import load_tokenizer  # noqa: E402
 
@@ -160,6 +161,30 @@ def make_mesh():
     return None
   return sharding.make_mesh(sharding.MeshConfig(data=FLAGS.mesh_data, fsdp=FLAGS.mesh_fsdp,
                                                 tensor=FLAGS.mesh_tensor))
+
+
+def train_config(max_steps: Optional[int] = None,
+                 learning_rate: Optional[float] = None) -> trainer.TrainConfig:
+  """The GRPO trainer's config from the flags (an R1 stage passes its own steps and rate)."""
+  return trainer.TrainConfig(
+      prompts_per_step=FLAGS.prompts_per_step, num_generations=FLAGS.num_generations,
+      max_prompt_length=FLAGS.max_prompt_length,
+      max_completion_length=FLAGS.max_completion_length, temperature=FLAGS.temperature,
+      top_p=FLAGS.top_p, top_k=FLAGS.top_k, stop_strings=tuple(FLAGS.stop_strings),
+      learning_rate=FLAGS.learning_rate if learning_rate is None else learning_rate,
+      lr_scheduler_type=FLAGS.lr_scheduler_type,
+      warmup_steps=FLAGS.warmup_steps, weight_decay=FLAGS.weight_decay,
+      adam_beta1=FLAGS.adam_beta1, adam_beta2=FLAGS.adam_beta2,
+      max_grad_norm=FLAGS.max_grad_norm,
+      max_steps=FLAGS.max_steps if max_steps is None else max_steps,
+      num_iterations=FLAGS.num_iterations, num_minibatches=FLAGS.num_minibatches,
+      sync_ref_model=FLAGS.sync_ref_model, ref_model_sync_steps=FLAGS.ref_model_sync_steps,
+      ref_model_mixup_alpha=FLAGS.ref_model_mixup_alpha,
+      dynamic_sampling=FLAGS.dynamic_sampling, max_resample_rounds=FLAGS.max_resample_rounds,
+      overlong_buffer=FLAGS.overlong_buffer, overlong_penalty=FLAGS.overlong_penalty,
+      remat=FLAGS.remat, logprob_chunk_size=FLAGS.logprob_chunk_size, seed=FLAGS.seed,
+      gradient_accumulation_steps=FLAGS.gradient_accumulation_steps,
+      logprob_batch_size=FLAGS.logprob_batch_size, adam_mu_dtype=FLAGS.adam_mu_dtype)
 
 
 def grpo_config() -> grpo.GRPOConfig:

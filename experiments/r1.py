@@ -116,24 +116,6 @@ def reward_fn(task, language_reward: str = "", language_weight: float = 0.0):
                            prefix=prefix())
 
 
-def grpo_train_config(max_steps: int, learning_rate: float) -> trainer.TrainConfig:
-  return trainer.TrainConfig(
-      prompts_per_step=FLAGS.prompts_per_step, num_generations=FLAGS.num_generations,
-      max_prompt_length=FLAGS.max_prompt_length,
-      max_completion_length=FLAGS.max_completion_length, temperature=FLAGS.temperature,
-      top_p=FLAGS.top_p, top_k=FLAGS.top_k, stop_strings=tuple(FLAGS.stop_strings),
-      learning_rate=learning_rate, lr_scheduler_type=FLAGS.lr_scheduler_type,
-      warmup_steps=FLAGS.warmup_steps, weight_decay=FLAGS.weight_decay,
-      adam_beta1=FLAGS.adam_beta1, adam_beta2=FLAGS.adam_beta2,
-      max_grad_norm=FLAGS.max_grad_norm, max_steps=max_steps,
-      num_iterations=FLAGS.num_iterations, num_minibatches=FLAGS.num_minibatches,
-      sync_ref_model=FLAGS.sync_ref_model, ref_model_sync_steps=FLAGS.ref_model_sync_steps,
-      ref_model_mixup_alpha=FLAGS.ref_model_mixup_alpha,
-      dynamic_sampling=FLAGS.dynamic_sampling, max_resample_rounds=FLAGS.max_resample_rounds,
-      overlong_buffer=FLAGS.overlong_buffer, overlong_penalty=FLAGS.overlong_penalty,
-      remat=FLAGS.remat, logprob_chunk_size=FLAGS.logprob_chunk_size, seed=FLAGS.seed)
-
-
 def sft_config(num_examples: int, epochs: float, steps: int = 0) -> sft.SFTConfig:
   """SFT for `epochs` over `num_examples` (capped by --sft_max_steps), or exactly `steps`."""
   if not steps:
@@ -264,7 +246,7 @@ def run_sft_stage(stage_dir, policy: Policy, init_params, examples, epochs, eval
 def run_rl_stage(stage_dir, policy: Policy, init_params, train, score_fn, eval_fn,
                  max_steps: int, learning_rate: float, meta=None) -> dict:
   """GRPO (runner.run_grpo, resumable) from `init_params`; exports and marks the stage done."""
-  cfg = grpo_train_config(max_steps, learning_rate)
+  cfg = common.train_config(max_steps, learning_rate)
   grpo_trainer = trainer.GRPOTrainer(policy.model_config, cfg, common.grpo_config(),
                                      policy.tokenizer, train, format_prompt, score_fn,
                                      add_bos=policy.add_bos)

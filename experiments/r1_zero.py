@@ -58,23 +58,7 @@ def main(argv):
   model_config, params, tokenizer = common.load_policy()
   task, train, test, fmt = build_task()
   reward_fn = build_reward_fn(task)
-  cfg = trainer.TrainConfig(
-      prompts_per_step=FLAGS.prompts_per_step, num_generations=FLAGS.num_generations,
-      max_prompt_length=FLAGS.max_prompt_length,
-      max_completion_length=FLAGS.max_completion_length, temperature=FLAGS.temperature,
-      top_p=FLAGS.top_p, top_k=FLAGS.top_k, stop_strings=tuple(FLAGS.stop_strings),
-      learning_rate=FLAGS.learning_rate, lr_scheduler_type=FLAGS.lr_scheduler_type,
-      warmup_steps=FLAGS.warmup_steps, weight_decay=FLAGS.weight_decay,
-      adam_beta1=FLAGS.adam_beta1, adam_beta2=FLAGS.adam_beta2,
-      max_grad_norm=FLAGS.max_grad_norm, max_steps=FLAGS.max_steps,
-      num_iterations=FLAGS.num_iterations, num_minibatches=FLAGS.num_minibatches,
-      sync_ref_model=FLAGS.sync_ref_model, ref_model_sync_steps=FLAGS.ref_model_sync_steps,
-      ref_model_mixup_alpha=FLAGS.ref_model_mixup_alpha,
-      dynamic_sampling=FLAGS.dynamic_sampling, max_resample_rounds=FLAGS.max_resample_rounds,
-      overlong_buffer=FLAGS.overlong_buffer, overlong_penalty=FLAGS.overlong_penalty,
-      remat=FLAGS.remat, logprob_chunk_size=FLAGS.logprob_chunk_size, seed=FLAGS.seed,
-      gradient_accumulation_steps=FLAGS.gradient_accumulation_steps,
-      logprob_batch_size=FLAGS.logprob_batch_size, adam_mu_dtype=FLAGS.adam_mu_dtype)
+  cfg = common.train_config()
   add_bos = tokenizer.bos_id is not None
   grpo_trainer = trainer.GRPOTrainer(model_config, cfg, common.grpo_config(), tokenizer, train,
                                      fmt, reward_fn, add_bos=add_bos, mesh=mesh)
