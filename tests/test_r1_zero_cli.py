@@ -121,3 +121,20 @@ def test_held_out_set_is_the_same_for_every_seed():
   (train0, test0), (train1, test1) = splits(0), splits(1)
   assert test0 == test1 and len(test0) == 200
   assert train0 != train1  # the seed still orders the training problems
+
+
+def test_both_rl_scripts_take_every_trainer_flag():
+  """r1_zero.py and r1.py build the trainer's config with one function (common.train_config);
+  a flag it reads reaches TrainConfig, and an R1 stage's own steps and rate override the flags."""
+  code = ("import json, sys; sys.path.insert(0, 'experiments'); import r1, common; "
+          "from absl import flags; flags.FLAGS(['x'] + sys.argv[1:]); "
+          "a, b = common.train_config(), common.train_config(7, 0.5); "
+          "print(json.dumps([a.gradient_accumulation_steps, a.logprob_batch_size, "
+          "a.adam_mu_dtype, a.overlong_buffer, a.max_steps, b.max_steps, b.learning_rate]))")
+  out = subprocess.run([sys.executable, "-c", code, "--gradient_accumulation_steps=2",
+                        "--logprob_batch_size=4", "--adam_mu_dtype=bfloat16",
+                        "--overlong_buffer=16", "--max_steps=3"],
+                       cwd=REPO, capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert json.loads(out.stdout.strip().splitlines()[-1]) == [2, 4, "bfloat16", 16, 3, 7, 0.5]
