@@ -98,7 +98,8 @@ if [[ $STAGE == all || $STAGE == rl ]]; then
   if (( ${#CACHE[@]} )); then
     for f in "$ROOT"/*=*.log; do
       [[ -f $f ]] || continue
-      echo "== $(basename "$f"): programs compiled here, not loaded from the cache:" \
+      echo "== $(basename "$f") (every call so far; the log is appended to): programs compiled," \
+           "not loaded from the cache:" \
            "$(grep -ci 'persistent compilation cache miss' "$f")"
     done
   fi
