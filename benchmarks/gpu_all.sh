@@ -25,9 +25,8 @@
 #
 # Environment (optional): ORDER (the jobs after the bases, default "seeds ablations r1 distill"),
 # DEADLINE_S (550), GRACE_S (60), PARALLEL (3), COMPILE_CACHE, CHOOSE_SAMPLER=1 (step 1b below),
-# ABLATION_GRID (default
-# loss_type=dr_grpo,dapo; empty: none), ABLATION_STEPS (50), R1_FLAGS (default: 80 reasoning-RL
-# steps and 40 final ones), ALLOW_PARTIAL_BASE=1 (train on a base whose pretraining stopped early;
+# ABLATION_GRID (default loss_type=dr_grpo,dapo; empty: none), ABLATION_STEPS (50), R1_FLAGS
+# (default: 80 reasoning-RL steps and 40 final ones), ALLOW_PARTIAL_BASE=1 (train on a base whose pretraining stopped early;
 # by default the queue stops there, and the next run of the script continues the pretraining),
 # RUNS (the folder of every run directory; default runs).
 #
@@ -127,8 +126,8 @@ CHOICE=$RUNS/sampler_options.txt
 if [[ ${CHOOSE_SAMPLER:-0} == 1 && -z ${R1JAX_SAMPLER_XLA_OPTIONS+x} && ${STOPPED:-0} == 0 ]]; then
   say "choosing the sampler's XLA options"
   CHOOSE_ENV=(); (( ${#SMALL[@]} )) && CHOOSE_ENV=(SPEED_ARGS=--small EVAL_ARGS=--small)
-  env "${CHOOSE_ENV[@]}" bash benchmarks/choose_sampler_options.sh "$MEDIUM" "$CHOICE" 2>&1 | tee "$OUT_A/sampler_options.log" \
-    || say "choose_sampler_options: exit $?"
+  env "${CHOOSE_ENV[@]}" bash benchmarks/choose_sampler_options.sh "$MEDIUM" "$CHOICE" 2>&1 \
+    | tee "$OUT_A/sampler_options.log" || say "choose_sampler_options: exit $?"
 fi
 if [[ -z ${R1JAX_SAMPLER_XLA_OPTIONS+x} && -f $CHOICE && $(cat "$CHOICE") != default ]]; then
   export R1JAX_SAMPLER_XLA_OPTIONS=$(cat "$CHOICE")
