@@ -26,8 +26,9 @@
 # Environment (optional): ORDER (the jobs after the bases, default "seeds ablations r1 distill"),
 # DEADLINE_S (550), GRACE_S (60), PARALLEL (3), COMPILE_CACHE, CHOOSE_SAMPLER=1 (step 1b below),
 # ABLATION_GRID (default loss_type=dr_grpo,dapo; empty: none), ABLATION_STEPS (50), R1_FLAGS
-# (default: 80 reasoning-RL steps and 40 final ones), ALLOW_PARTIAL_BASE=1 (train on a base whose pretraining stopped early;
-# by default the queue stops there, and the next run of the script continues the pretraining),
+# (default: 80 reasoning-RL steps and 40 final ones), ALLOW_PARTIAL_BASE=1 (train on a base
+# whose pretraining stopped early; by default the queue stops there, and the next run of the
+# script continues the pretraining),
 # RUNS (the folder of every run directory; default runs).
 #
 # What comes back in $OUT (at most 8 files): log.txt, r1_zero.tar.gz and r1.tar.gz (each script's
