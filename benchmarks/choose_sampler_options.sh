@@ -29,7 +29,8 @@ if (( ${#CANDIDATES[@]} == 0 )); then
 fi
 PY=${PYTHON:-python3}
 TOL=${TOL:-0.05}
-read -r -a SPEED <<< "${SPEED_ARGS:---preset medium --batch 512 --prompt_len 36 --new_tokens 512 --repeats 1}"
+DEFAULT_SPEED="--preset medium --batch 512 --prompt_len 36 --new_tokens 512 --repeats 1"
+read -r -a SPEED <<< "${SPEED_ARGS:-$DEFAULT_SPEED}"
 read -r -a EVAL <<< "${EVAL_ARGS:---new_tokens 512}"
 if [[ -f $CHOICE ]]; then
   echo "sampler options already chosen in $CHOICE: '$(cat "$CHOICE")'"; exit 0
