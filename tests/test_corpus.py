@@ -4,7 +4,10 @@ arithmetic checked by Python, the configured mix, determinism, and no test probl
 import itertools
 import json
 import operator
+import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -205,73 +208,65 @@ def test_drills_check_half_of_their_steps_right():
   assert abs(np.mean(verdicts) - 0.5) < 0.05
 
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _pretrain(out, *extra, ok=True):
+  """experiments/pretrain_base.py, 4 steps of the tiny preset on 16 documents. --pad_multiple=512
+  (= --max_length) pads every batch to one shape: one compilation per run instead of one per
+  length bucket (the loss is masked, so the weights do not depend on the padding)."""
+  args = [sys.executable, os.path.join(REPO, "experiments", "pretrain_base.py"),
+          f"--output_dir={out}", "--model_preset=tiny", "--max_steps=4", "--batch_size=4",
+          "--warmup_steps=1", "--eval_num_problems=2", "--eval_num_samples=1",
+          "--eval_batch_size=2", "--max_completion_length=8", "--max_prompt_length=36",
+          "--log_every=1", "--pad_multiple=512",
+          "--task_options=" + ",".join(f"{k}={v}" for k, v in OPTIONS.items()), *extra]
+  result = subprocess.run(args, env=dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=""),
+                          capture_output=True, text=True, timeout=300)
+  if not ok:
+    return result
+  assert result.returncode == 0, result.stderr[-3000:]
+  with open(os.path.join(out, "model.safetensors"), "rb") as f:
+    return f.read(), open(os.path.join(out, "README.md")).read(), json.loads(
+        result.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def whole_seed0(tmp_path_factory):
+  """One uninterrupted seed-0 pretraining, the reference of both tests below."""
+  out = tmp_path_factory.mktemp("pretrain") / "whole"
+  return (str(out),) + _pretrain(str(out), "--seed=0")
+
+
 @pytest.mark.slow
-def test_pretrain_base_is_deterministic_from_its_seed(tmp_path):
+def test_pretrain_base_is_deterministic_from_its_seed(whole_seed0, tmp_path):
   """experiments/pretrain_base.py twice with the same flags writes identical weights, and its
   README records the command; a third run with another seed differs."""
-  import os
-  import subprocess
-  import sys
-  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
-
-  def run(out, seed):
-    args = [sys.executable, os.path.join(repo, "experiments", "pretrain_base.py"),
-            f"--output_dir={out}", "--model_preset=tiny", "--max_steps=4", "--batch_size=4",
-            "--warmup_steps=1", f"--seed={seed}", "--eval_num_problems=2",
-            "--eval_num_samples=1", "--eval_batch_size=2", "--max_completion_length=8",
-            "--max_prompt_length=36", "--log_every=2",
-            "--task_options=" + ",".join(f"{k}={v}" for k, v in OPTIONS.items())]
-    result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    with open(os.path.join(out, "model.safetensors"), "rb") as f:
-      return f.read()
-
-  a = run(str(tmp_path / "a"), 0)
-  assert a == run(str(tmp_path / "b"), 0)
-  assert a != run(str(tmp_path / "c"), 1)
-  readme = open(tmp_path / "a" / "README.md").read()
-  assert "python experiments/pretrain_base.py --output_dir=" in readme and "--seed=0" in readme
+  out_a, a, readme, _ = whole_seed0
+  assert a == _pretrain(str(tmp_path / "b"), "--seed=0")[0]
+  assert a != _pretrain(str(tmp_path / "c"), "--seed=1")[0]
+  assert "python experiments/pretrain_base.py --output_dir=" + out_a in readme
+  assert "--seed=0" in readme
   assert "held-out pass@1" in readme
 
 
 @pytest.mark.slow
-def test_pretraining_stopped_early_continues_to_the_same_weights(tmp_path):
+def test_pretraining_stopped_early_continues_to_the_same_weights(whole_seed0, tmp_path):
   """A pretraining run stopped after step 2 (as its time limit would stop it) writes a partial
   base that says so; the same command again resumes from its checkpoint and ends with the
   weights of an uninterrupted run, bit for bit."""
-  import os
-  import subprocess
-  import sys
-  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
-
-  def run(out, *extra, ok=True):
-    args = [sys.executable, os.path.join(repo, "experiments", "pretrain_base.py"),
-            f"--output_dir={out}", "--model_preset=tiny", "--max_steps=4", "--batch_size=4",
-            "--warmup_steps=1", "--seed=0", "--eval_num_problems=2", "--eval_num_samples=1",
-            "--eval_batch_size=2", "--max_completion_length=8", "--max_prompt_length=36",
-            "--log_every=1", "--task_options=" + ",".join(f"{k}={v}" for k, v in OPTIONS.items()),
-            *extra]
-    result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
-    if not ok:
-      return result
-    assert result.returncode == 0, result.stderr[-3000:]
-    with open(os.path.join(out, "model.safetensors"), "rb") as f:
-      return f.read(), open(os.path.join(out, "README.md")).read(), json.loads(
-          result.stdout.strip().splitlines()[-1])
-
-  whole, _, info = run(str(tmp_path / "whole"))
+  out_whole, whole, _, info = whole_seed0
   assert info["finished"] and info["steps"] == 4
-  part, readme, info = run(str(tmp_path / "cut"), "--stop_after_steps=2")
+  run = lambda *extra, ok=True: _pretrain(str(tmp_path / "cut"), "--seed=0", *extra, ok=ok)  # noqa: E731
+  part, readme, info = run("--stop_after_steps=2")
   assert not info["finished"] and info["steps"] == 2 and part != whole
   assert "2 of 4 (batch 4) - stopped early" in readme
-  bad = run(str(tmp_path / "cut"), "--learning_rate=1e-3", ok=False)  # not the run it continues
+  bad = run("--learning_rate=1e-3", ok=False)  # not the run it continues
   assert bad.returncode != 0 and "--learning_rate: 0.002 there, 0.001 now" in bad.stderr
-  resumed, readme, info = run(str(tmp_path / "cut"), "--eval_num_samples=2")  # eval flags: free
+  resumed, readme, info = run("--eval_num_samples=2")  # eval flags: free
   assert info["finished"] and "4 of 4 (batch 4) (resumed at step 2)" in readme
   assert resumed == whole
   assert not os.path.exists(tmp_path / "cut" / "pretrain_checkpoints")  # finished: removed
-  assert not os.path.exists(tmp_path / "whole" / "pretrain_checkpoints")
+  assert not os.path.exists(os.path.join(out_whole, "pretrain_checkpoints"))
   losses = [json.loads(line) for line in open(tmp_path / "cut" / "pretrain_metrics.jsonl")]
   assert [r["step"] for r in losses] == [1, 2, 3, 4]

@@ -99,9 +99,12 @@ def _cfg(**kw):
   return sft.SFTConfig(**{**base, **kw})
 
 
+MEMORIZE_CFG = _cfg(learning_rate=5e-3, lr_scheduler_type="constant", max_steps=100)
+
+
 def test_sft_memorizes_a_tiny_set(tmp_path):
   params = model.init_params(CONFIG, jax.random.PRNGKey(0))
-  cfg = _cfg(learning_rate=5e-3, lr_scheduler_type="constant", max_steps=100)
+  cfg = MEMORIZE_CFG
   state = sft.run_sft(CONFIG, params, TOK, EXAMPLES, cfg, str(tmp_path), save_steps=100)
   losses = [r["loss"] for r in logs.read_jsonl(os.path.join(tmp_path, "metrics.jsonl"))]
   assert len(losses) == 100
@@ -116,10 +119,24 @@ def test_sft_memorizes_a_tiny_set(tmp_path):
   assert texts == [e.completion for e in EXAMPLES]
 
 
-def test_sft_resumes_exactly(tmp_path):
-  cfg = _cfg(max_steps=6, batch_size=3)  # 3 does not divide 4: epochs reshuffle mid-run
+# 3 does not divide 4: epochs reshuffle mid-run. One configuration for the resume and interrupt
+# tests below: sft builds one jitted step per configuration in a process, so they compile once.
+RESUME_CFG = _cfg(max_steps=6, batch_size=3)
+
+
+@pytest.fixture(scope="module")
+def whole_run(tmp_path_factory):
+  """An uninterrupted run of RESUME_CFG: the reference of the resume tests."""
+  workdir = tmp_path_factory.mktemp("sft_whole")
+  state = sft.run_sft(CONFIG, model.init_params(CONFIG, jax.random.PRNGKey(0)), TOK, EXAMPLES,
+                      RESUME_CFG, str(workdir), save_steps=3)
+  return state, str(workdir)
+
+
+def test_sft_resumes_exactly(whole_run, tmp_path):
+  cfg = RESUME_CFG
   init = lambda: model.init_params(CONFIG, jax.random.PRNGKey(0))  # noqa: E731
-  whole = sft.run_sft(CONFIG, init(), TOK, EXAMPLES, cfg, str(tmp_path / "a"), save_steps=3)
+  whole, workdir_a = whole_run
   sft.run_sft(CONFIG, init(), TOK, EXAMPLES, cfg, str(tmp_path / "b"), save_steps=3, stop_at=3)
   # A run that died after step 3 (checkpoint at 3, metrics of step 3 written) ...
   resumed = sft.run_sft(CONFIG, init(), TOK, EXAMPLES, cfg, str(tmp_path / "b"), save_steps=3)
@@ -130,7 +147,7 @@ def test_sft_resumes_exactly(tmp_path):
                whole["opt_state"], resumed["opt_state"])
   strip = lambda rows: [{k: v for k, v in r.items() if "time" not in k and "per_s" not in k}  # noqa: E731
                         for r in rows]
-  a = strip(logs.read_jsonl(os.path.join(tmp_path, "a", "metrics.jsonl")))
+  a = strip(logs.read_jsonl(os.path.join(workdir_a, "metrics.jsonl")))
   b = strip(logs.read_jsonl(os.path.join(tmp_path, "b", "metrics.jsonl")))
   assert [r["step"] for r in b] == list(range(1, 7))
   assert a == b
@@ -160,11 +177,15 @@ def test_bad_config_names_the_flag():
 def test_sft_step_on_a_data_parallel_mesh_matches_one_device(tmp_path):
   from jax.sharding import Mesh, NamedSharding, PartitionSpec  # pylint: disable=import-outside-toplevel
   mesh = Mesh(np.array(jax.devices()[:4]), ("data",))
-  cfg = _cfg(max_steps=2, batch_size=4, lr_scheduler_type="constant")
+  # Two steps (stop_at) of the memorization run's configuration (batch 4, constant lr): the
+  # one-device run reuses its jitted step, compiled once per configuration in a process.
+  cfg = MEMORIZE_CFG
   init = lambda: model.init_params(CONFIG, jax.random.PRNGKey(0))  # noqa: E731
-  one = sft.run_sft(CONFIG, init(), TOK, EXAMPLES, cfg, str(tmp_path / "one"), save_steps=10)
+  one = sft.run_sft(CONFIG, init(), TOK, EXAMPLES, cfg, str(tmp_path / "one"), save_steps=10,
+                    stop_at=2)
   sharded = sft.run_sft(CONFIG, init(), TOK, EXAMPLES, cfg, str(tmp_path / "dp"), save_steps=10,
-                        batch_sharding=NamedSharding(mesh, PartitionSpec("data")))
+                        batch_sharding=NamedSharding(mesh, PartitionSpec("data")), stop_at=2)
+  assert int(one["step"]) == int(sharded["step"]) == 2
   a = logs.read_jsonl(os.path.join(tmp_path, "one", "metrics.jsonl"))
   b = logs.read_jsonl(os.path.join(tmp_path, "dp", "metrics.jsonl"))
   np.testing.assert_allclose([r["loss"] for r in a], [r["loss"] for r in b], rtol=1e-5)
@@ -173,10 +194,10 @@ def test_sft_step_on_a_data_parallel_mesh_matches_one_device(tmp_path):
                one["params"], sharded["params"])
 
 
-def test_interrupted_sft_keeps_its_last_step(tmp_path):
+def test_interrupted_sft_keeps_its_last_step(whole_run, tmp_path):
   """A SIGINT between checkpoints (here from the evaluation after step 3) saves step 3, and the
   rerun finishes the same as an uninterrupted run."""
-  cfg = _cfg(max_steps=5, batch_size=3)
+  cfg = RESUME_CFG
   init = lambda: model.init_params(CONFIG, jax.random.PRNGKey(0))  # noqa: E731
 
   def interrupt_at_3(params, step):
@@ -193,7 +214,7 @@ def test_interrupted_sft_keeps_its_last_step(tmp_path):
   assert ck.latest_step() == 3
   ck.close()
   resumed = sft.run_sft(CONFIG, init(), TOK, EXAMPLES, cfg, workdir, save_steps=100)
-  whole = sft.run_sft(CONFIG, init(), TOK, EXAMPLES, cfg, str(tmp_path / "a"), save_steps=100)
+  whole, _ = whole_run
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
                whole["params"], resumed["params"])
 
@@ -201,7 +222,7 @@ def test_interrupted_sft_keeps_its_last_step(tmp_path):
 def test_a_signal_mid_step_saves_that_step(tmp_path):
   """A real SIGINT during step 2's evaluation: the evaluation finishes, step 2 is saved, and the
   run stops before step 3."""
-  cfg = _cfg(max_steps=5, batch_size=3)
+  cfg = RESUME_CFG  # the configuration of the tests above: its jitted step is compiled already
   seen = []
 
   def signal_at_2(params, step):
