@@ -13,6 +13,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 from conftest import SHARED_DATA
+from reward_fns import crashing_reward, raising_reward, sleeping_reward
 
 from r1jax import rewards
 from r1jax.rewards import (RewardConfig, extract_answer, format_reward, last_boxed,
@@ -239,24 +240,6 @@ def test_math500_golds_and_solutions_verify():
 # ----------------------------------------------------------------------------------------------
 # Batch scoring: weights, errors, timeouts, executors
 # ----------------------------------------------------------------------------------------------
-def raising_reward(response, problem):
-  if "boom" in response:
-    raise RuntimeError("boom")
-  return 0.5
-
-
-def sleeping_reward(response, problem):
-  if "sleep" in response:
-    time.sleep(30)
-  return 1.0
-
-
-def crashing_reward(response, problem):
-  if "crash" in response:
-    os._exit(1)  # a dead worker: its result never comes back
-  return 1.0
-
-
 for _name, _fn in (("raising", raising_reward), ("sleeping", sleeping_reward),
                    ("crashing", crashing_reward)):
   if _name not in rewards.REWARD_FNS:
