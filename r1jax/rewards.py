@@ -285,6 +285,8 @@ def _score_items(items, fns, timeout_s: float) -> list[list[tuple[float, str]]]:
   """
   use_alarm = (hasattr(signal, "setitimer")
                and threading.current_thread() is threading.main_thread())
+  if math_reward in fns:
+    _init_math_verify()  # untimed: an alarm inside its first import (seconds) can hang it
   old = signal.signal(signal.SIGALRM, _on_alarm) if use_alarm else None
   try:
     return [[_call(fn, response, problem, timeout_s, use_alarm) for fn in fns]
@@ -304,6 +306,14 @@ for _name in ("math_verify.parser", "math_verify.grader"):
   logging.getLogger(_name).addFilter(_QuietTimeoutWarning())
 
 
+def _init_math_verify():
+  """Imports math-verify (seconds, the first time) if it is installed; never raises."""
+  try:
+    import math_verify  # pylint: disable=import-outside-toplevel,unused-import
+  except ImportError:
+    pass
+
+
 def _init_worker():
   # Warms math-verify's import (seconds) before the first math reward. Must never raise: a
   # multiprocessing.Pool whose initializer fails respawns workers forever (seen on a machine
@@ -311,10 +321,7 @@ def _init_worker():
   # time guard reaches the whole process group, and the trainer finishes its step (rewards
   # included) before it stops (checkpoint.StopAtStepBoundary); the pool ends with the parent.
   signal.signal(signal.SIGINT, signal.SIG_IGN)
-  try:
-    import math_verify  # pylint: disable=import-outside-toplevel,unused-import
-  except ImportError:
-    pass
+  _init_math_verify()
 
 
 def _ping(_):

@@ -297,6 +297,22 @@ def test_math_verify_hang_is_cut_by_the_timeout():
   assert components["accuracy"].tolist() == [0.0, 1.0] and stats["reward_timeouts"] == 1
 
 
+def test_first_inline_math_reward_is_not_cut_by_its_import():
+  """In a fresh interpreter math-verify's first import takes seconds; it is not charged to the
+  first item's timer (it was: the right answer timed out, and under pytest alone it hung)."""
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  code = ("from r1jax.rewards import RewardConfig, score_completions; "
+          "from r1jax.tasks.base import Problem; "
+          "_, c, s = score_completions([r'<answer>14/3</answer>'] * 2, "
+          "[Problem('q', r'\\frac{14}{3}')] * 2, 'math', "
+          "RewardConfig(executor='inline', timeout_s=0.5)); "
+          "print(c['accuracy'].tolist(), s['reward_timeouts'])")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert out.stdout.split("\n")[-2] == "[1.0, 1.0] 0"
+
+
 def test_process_pool_survives_a_dead_worker():
   config = RewardConfig(executor="process", timeout_s=0.2, num_workers=2,
                         extra={"crashing": 1.0})
