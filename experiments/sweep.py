@@ -135,12 +135,12 @@ def trained(metrics_path: str) -> Callable[[], bool]:
   """A test that is true once the run writing `metrics_path` (its metrics.jsonl) has logged a
   training step more than now: by then every program of a step and of an evaluation at its
   start has been compiled. Once true it stays true without reading the file again."""
-  rows0, seen = _train_rows(metrics_path), []
+  rows0, seen = _train_rows(metrics_path), False
 
   def test() -> bool:
-    if not seen and _train_rows(metrics_path) > rows0:
-      seen.append(True)
-    return bool(seen)
+    nonlocal seen
+    seen = seen or _train_rows(metrics_path) > rows0
+    return seen
 
   return test
 
