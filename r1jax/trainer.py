@@ -20,6 +20,7 @@ position) that orbax saves whole, so a resumed run repeats an uninterrupted one 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from typing import Any, Callable, Optional, Sequence
 
@@ -219,6 +220,35 @@ def make_update_step(model_config: ModelConfig, cfg: TrainConfig, loss_cfg: grpo
   return jax.jit(step, donate_argnums=(0, 1))
 
 
+# TrainConfig fields that no jitted function of the trainer reads: sampling (the sampler is
+# jitted on its own SamplingConfig), data, rewards, the reference reset and the seed. They are
+# reset to their defaults in the key of `_compiled`, so that trainers differing only in them
+# share one compiled update step and log-prob pass. Every other field stays in the key: a
+# field added to TrainConfig is part of the key unless it is listed here.
+HOST_ONLY_FIELDS = ("prompts_per_step", "max_prompt_length", "top_p", "top_k", "stop_strings",
+                    "sync_ref_model", "ref_model_sync_steps", "ref_model_mixup_alpha",
+                    "dynamic_sampling", "max_resample_rounds", "overlong_buffer",
+                    "overlong_penalty", "seed")
+
+
+def compiled_key(cfg: TrainConfig) -> TrainConfig:
+  """`cfg` with the HOST_ONLY_FIELDS at their defaults: what the jitted functions depend on."""
+  defaults = TrainConfig()
+  return dataclasses.replace(cfg, **{f: getattr(defaults, f) for f in HOST_ONLY_FIELDS})
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled(model_config: ModelConfig, key: TrainConfig, loss_cfg: grpo.GRPOConfig):
+  """(optimizer, schedule, jitted update step, jitted log-prob pass) of one configuration
+  (`key` = compiled_key(cfg)), built once in a process: trainers of equal configurations (a
+  resumed run, the tests) reuse the compiled functions instead of compiling them again."""
+  optimizer, schedule = make_optimizer(key)
+  update_step = make_update_step(model_config, key, loss_cfg, optimizer, schedule)
+  logprob_fn = jax.jit(accumulate.chunked_logprob_fn(make_logprob_fn(model_config, key),
+                                                     key.logprob_batch_size))
+  return optimizer, schedule, update_step, logprob_fn
+
+
 # ----------------------------------------------------------------------------------------------
 # Host-side pieces: prompts, rollouts, the step
 # ----------------------------------------------------------------------------------------------
@@ -273,16 +303,14 @@ class GRPOTrainer:
     self.format_prompt = format_prompt
     self.reward_fn = reward_fn
     self.add_bos = add_bos
-    self.optimizer, self.schedule = make_optimizer(cfg)
     eos = tuple(tokenizer.eos_ids)
     self.sampling_config = sampling.SamplingConfig(
         max_new_tokens=cfg.max_completion_length, temperature=cfg.temperature,
         top_k=cfg.top_k, top_p=cfg.top_p, num_samples=cfg.num_generations, eos_ids=eos,
         stop_sequences=stop_sequences(tokenizer, cfg.stop_strings), pad_id=tokenizer.pad_id)
-    self.update_step = make_update_step(model_config, cfg, loss_cfg, self.optimizer,
-                                        self.schedule)
-    self.logprob_fn = jax.jit(accumulate.chunked_logprob_fn(make_logprob_fn(model_config, cfg),
-                                                            cfg.logprob_batch_size))
+    # Shared by the trainers of one configuration (see `_compiled`).
+    self.optimizer, self.schedule, self.update_step, self.logprob_fn = _compiled(
+        model_config, compiled_key(cfg), loss_cfg)
     self.generate = lambda params, tokens, mask, key: sampling.generate(  # noqa: E731
         params, model_config, tokens, mask, key, self.sampling_config)
     # On a mesh (r1jax.sharding): the same functions jitted with the state's shardings.

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from r1jax import checkpoint, grpo, logs, model, runner, trainer
-from r1jax.config import get_config
+from r1jax.config import ModelConfig, get_config
 from r1jax.tokenizer import CharTokenizer
 
 TOK = CharTokenizer()
@@ -283,3 +283,59 @@ def test_overlong_penalty_is_added_to_the_rewards():
   np.testing.assert_allclose(ro.rewards, base - 0.5 * expect, rtol=1e-6)
   with pytest.raises(ValueError, match="--overlong_buffer"):
     make_trainer(overlong_buffer=4)
+
+
+def test_trainers_of_one_configuration_share_their_compiled_functions():
+  """Trainers whose configurations differ only in host-side fields (seed, sampling, data,
+  rewards, reference reset) reuse one compiled update step and log-prob pass, compiled once; a
+  field that the computation reads (learning rate, temperature) gets its own, and other
+  numbers."""
+  rng = np.random.RandomState(0)
+  rows = 8
+  completion_mask = np.arange(3)[None] < rng.randint(1, 4, rows)[:, None]
+  batch = {
+      "prompt_tokens": rng.randint(1, 128, (rows, 4)).astype(np.int32),
+      "prompt_mask": np.ones((rows, 4), bool),
+      "completion_tokens": rng.randint(1, 128, (rows, 3)).astype(np.int32),
+      "completion_mask": completion_mask, "truncated": completion_mask.all(1),
+      "advantages": rng.randn(rows).astype(np.float32),
+      "ref_logp": (-np.log(128) + 0.3 * rng.randn(rows, 3)).astype(np.float32),
+  }
+
+  def update(t, params):
+    state = t.init_state(jax.tree.map(np.array, params))  # the update donates them
+    new, _, metrics = t.update_step(state["params"], state["opt_state"], batch)
+    return jax.device_get(new), jax.device_get(metrics)
+
+  base, params = make_trainer()
+  params = jax.device_get(params)
+  hits = trainer._compiled.cache_info().hits
+  same, _ = make_trainer(seed=3, prompts_per_step=1, max_prompt_length=5, top_k=5, top_p=0.9,
+                         stop_strings=("\n",), sync_ref_model=True, ref_model_sync_steps=2,
+                         ref_model_mixup_alpha=0.5, dynamic_sampling=True,
+                         max_resample_rounds=2, overlong_buffer=1, overlong_penalty=0.5)
+  assert trainer._compiled.cache_info().hits == hits + 1
+  assert same.update_step is base.update_step and same.logprob_fn is base.logprob_fn
+  assert same.optimizer is base.optimizer and same.schedule is base.schedule
+  assert (same.cfg.seed, same.cfg.top_k) == (3, 5)  # the trainer keeps its own config
+  lp_base, (p_base, m_base) = base.logprob_fn(params, batch), update(base, params)
+  compiled = base.logprob_fn._cache_size(), base.update_step._cache_size()
+  lp_same, (p_same, m_same) = same.logprob_fn(params, batch), update(same, params)
+  # `same` compiled nothing: it ran base's executables.
+  assert (same.logprob_fn._cache_size(), same.update_step._cache_size()) == compiled
+  np.testing.assert_array_equal(lp_base, lp_same)
+  for a, b in zip(jax.tree.leaves(p_base), jax.tree.leaves(p_same)):
+    np.testing.assert_array_equal(a, b)
+  assert m_base == m_same
+
+  hot, _ = make_trainer(temperature=0.7)
+  assert hot.logprob_fn is not base.logprob_fn and hot.update_step is not base.update_step
+  lp_hot = hot.logprob_fn(params, batch)
+  assert np.max(np.abs(np.asarray(lp_hot) - np.asarray(lp_base))) > 1e-2
+  fast, _ = make_trainer(learning_rate=6e-3)
+  assert fast.update_step is not base.update_step and fast.logprob_fn is not base.logprob_fn
+  p_fast, m_fast = update(fast, params)
+  assert m_fast["loss"] == m_base["loss"]  # the same loss and gradient, a larger step
+  moved = lambda p: np.abs(p["embed"] - params["embed"]).max()  # noqa: E731
+  assert moved(p_fast) > 1.5 * moved(p_base)
+  assert float(fast.schedule(0)) == 6e-3 and float(base.schedule(0)) == 3e-3
