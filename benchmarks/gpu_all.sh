@@ -40,6 +40,13 @@ SMALL=()
 if [[ "${1:-}" == "--small" ]]; then SMALL=(--small); fi
 PY=${PYTHON:-python3}
 OUT=${OUT:-runs/gpu_all_out}
+# Checked before gpu_common.sh, whose import checks take seconds.
+ORDER=${ORDER:-"seeds ablations r1 distill"}
+for job in $ORDER; do
+  case $job in seeds|r1|distill|ablations) ;;
+    *) echo "ORDER=$ORDER: unknown job '$job' (seeds, r1, distill, ablations)" >&2; exit 2;;
+  esac
+done
 source benchmarks/gpu_common.sh  # log.txt; the wheels the GPU image lacks, installed once here
 DEADLINE_S=${DEADLINE_S:-550}
 GRACE_S=${GRACE_S:-60}
@@ -48,12 +55,6 @@ ABLATION_GRID=${ABLATION_GRID-loss_type=dr_grpo,dapo}
 ABLATION_STEPS=${ABLATION_STEPS:-50}
 R1_FLAGS=${R1_FLAGS:---max_steps=80 --final_rl_max_steps=40 --eval_steps=40}
 SEEDS=${SEEDS:-"0 1 2"}
-ORDER=${ORDER:-"seeds ablations r1 distill"}
-for job in $ORDER; do
-  case $job in seeds|r1|distill|ablations) ;;
-    *) echo "ORDER=$ORDER: unknown job '$job' (seeds, r1, distill, ablations)" >&2; exit 2;;
-  esac
-done
 RUNS=${RUNS:-runs}  # every directory below lives here
 export COMPILE_CACHE=${COMPILE_CACHE-$RUNS/jax_cache}
 if (( ${#SMALL[@]} )); then
