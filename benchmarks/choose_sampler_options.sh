@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Picks the XLA options the sampler compiles with on this machine (R1JAX_SAMPLER_XLA_OPTIONS):
 # the fastest candidate whose evaluation of a real checkpoint matches that of the library's own
-# setting ('default': GPU autotuning off, sound but slow on an H200, docs/r1_zero_gpu.md).
+# setting ('default': GPU autotuning off and cuBLAS GEMMs, r1jax.sampling.COMPILER_OPTIONS).
 #
 #   bash benchmarks/choose_sampler_options.sh CHECKPOINT CHOICE_FILE [CANDIDATE...]
 #
@@ -11,10 +11,10 @@
 # countdown_gpu.flags (medium preset, 512 rows, prompt 36, 512 new tokens forced; SPEED_ARGS).
 # CHOICE_FILE gets the chosen options ("default" when no candidate is sound and faster); a
 # CHOICE_FILE that exists already is kept (the choice is made once per machine). The table of
-# every setting goes to stdout. Default candidates: cuBLAS instead of Triton for the GEMMs, with
-# and without autotuning (XLA's defaults, '', sampled corrupted text on an H200 on 2026-12-01,
-# so they are tried only when named). The check is made on CHECKPOINT's evaluation; a run's own
-# held-out evaluations keep checking it.
+# every setting goes to stdout. Default candidates: cuBLAS with autotuning, and untuned Triton
+# GEMMs (the library's default until 2026-12-02). XLA's defaults ('', autotuned Triton GEMMs)
+# sampled corrupted text on an H200 on 2026-12-01, so they are tried only when named. The check
+# is made on CHECKPOINT's evaluation; a run's own held-out evaluations keep checking it.
 #
 #   export R1JAX_SAMPLER_XLA_OPTIONS=$(cat CHOICE_FILE)   # unless it reads "default"
 set -euo pipefail
@@ -24,8 +24,7 @@ CHOICE=${2:?usage: choose_sampler_options.sh CHECKPOINT CHOICE_FILE [CANDIDATE..
 shift 2
 CANDIDATES=("$@")
 if (( ${#CANDIDATES[@]} == 0 )); then
-  CANDIDATES=("xla_gpu_enable_triton_gemm=false"
-              "xla_gpu_autotune_level=0,xla_gpu_enable_triton_gemm=false")
+  CANDIDATES=("xla_gpu_enable_triton_gemm=false" "xla_gpu_autotune_level=0")
 fi
 PY=${PYTHON:-python3}
 TOL=${TOL:-0.05}

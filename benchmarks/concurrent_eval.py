@@ -13,7 +13,8 @@ concurrent processes with XLA's default autotuning all sampled corrupted text (f
 --xla_gpu_autotune_level=0 all four gave the lone result (docs/r1_zero_gpu.md). On an H200
 (2026-12-01) a lone process's evaluation with autotuning on was corrupted too, so r1jax's
 sampler now compiles with GPU autotuning off in every process (r1jax.sampling.COMPILER_OPTIONS),
-which made its rollouts 2.8x slower there. --sampler_options tries other settings of the
+which made its rollouts 2.8x slower there (since 2026-12-02 with cuBLAS GEMMs too: untuned Triton
+GEMMs were 3.5x slower than cuBLAS at the Qwen2.5-0.5B shape). --sampler_options tries other settings of the
 sampler's options (R1JAX_SAMPLER_XLA_OPTIONS) for soundness and speed:
 
   python benchmarks/concurrent_eval.py --checkpoint runs/r1_zero_gpu/base_medium \
@@ -51,7 +52,7 @@ def parse_args(argv):
   p.add_argument("--sampler_options", action="append", default=None,
                  help="R1JAX_SAMPLER_XLA_OPTIONS of one setting, the XLA options the sampler "
                       "compiles with (repeatable; 'default': r1jax.sampling's own, GPU "
-                      "autotuning off; '': XLA's defaults). Each is tried with each --xla_flags")
+                      "autotuning and Triton GEMMs off; '': XLA's defaults). Each is tried with each --xla_flags")
   p.add_argument("--num_problems", type=int, default=64)
   p.add_argument("--num_samples", type=int, default=16)
   p.add_argument("--batch_size", type=int, default=64, help="problems per sampler call")

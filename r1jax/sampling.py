@@ -328,17 +328,23 @@ def parse_compiler_options(spec: str) -> dict:
   return out
 
 
-# XLA options of every sampling program: GEMM autotuning off on GPU. Measured with jax 0.11.2 on
-# one H200 (2026-12-01, docs/r1_zero_gpu.md): with autotuning on, a lone process's evaluation
-# program (1,024 rows, T 0.6, top-p 0.95) sampled corrupted text (format rate 0.21-0.23 where the
-# same weights give 0.999) while its training rollouts (512 rows, T 1.0) were sound; with it off
-# every sampling program was sound. The price there: a rollout of 512 x 512 tokens of the 25M
-# model took 5.3 s instead of 1.8-1.9 s (median, three runs sharing the GPU). Training programs
-# keep autotuning (5-7x faster updates). On CPU the option changes nothing. The environment
-# variable R1JAX_SAMPLER_XLA_OPTIONS (name=value,...) replaces them, e.g. to try a faster setting
-# against benchmarks/concurrent_eval.py's check; empty ("") compiles with XLA's defaults.
+# XLA options of every sampling program: GEMM autotuning off on GPU, and cuBLAS instead of
+# XLA's Triton GEMMs. Measured with jax 0.11.2 on one H200 (docs/r1_zero_gpu.md, BENCHMARKS.md):
+# - 2026-12-01: with autotuning on, a lone process's evaluation program (1,024 rows, T 0.6, top-p
+#   0.95) sampled corrupted text (format rate 0.21-0.23 where the same weights give 0.999) while
+#   its training rollouts (512 rows, T 1.0) were sound; with autotuning off every sampling
+#   program was sound. Training programs keep autotuning (5-7x faster updates).
+# - 2026-12-02: untuned Triton GEMMs are slow where the matmuls are large. At the Qwen2.5-0.5B
+#   shape (benchmarks/sampler.py, batch 64 / 256) a decode step took 6.14 / 20.4 ms with autotuning
+#   off and 1.75 / 3.95 ms with cuBLAS (autotuned); at the 25M miniature's rollout shape 2.854 ms
+#   untuned Triton, 2.691 ms untuned cuBLAS (this setting), 2.671 ms autotuned cuBLAS, all three
+#   sound on its evaluation. Without autotuning no process tunes kernels on a shared GPU.
+# On CPU the options change nothing. The environment variable R1JAX_SAMPLER_XLA_OPTIONS
+# (name=value,...) replaces them, e.g. to try a faster setting against
+# benchmarks/choose_sampler_options.sh's check; empty ("") compiles with XLA's defaults.
+DEFAULT_COMPILER_OPTIONS = "xla_gpu_autotune_level=0,xla_gpu_enable_triton_gemm=false"
 COMPILER_OPTIONS = parse_compiler_options(
-    os.environ.get("R1JAX_SAMPLER_XLA_OPTIONS", "xla_gpu_autotune_level=0"))
+    os.environ.get("R1JAX_SAMPLER_XLA_OPTIONS", DEFAULT_COMPILER_OPTIONS))
 
 _STATIC = ("config", "sampling", "cache_dtype", "cache_sharding")
 _generate_jit = jax.jit(_generate, static_argnames=_STATIC, compiler_options=COMPILER_OPTIONS)

@@ -329,8 +329,10 @@ def test_sampler_compiler_options_parse_and_come_from_the_environment():
           "xla_gpu_autotune_level": 4, "xla_gpu_enable_triton_gemm": False}
   with pytest.raises(ValueError, match="R1JAX_SAMPLER_XLA_OPTIONS: 'level' is not name=value"):
     sampling.parse_compiler_options("level")
-  # The default turns GPU autotuning off; the variable replaces it, and the sampler still runs.
-  assert sampling.COMPILER_OPTIONS == {"xla_gpu_autotune_level": 0} or \
+  # The default turns GPU autotuning and Triton GEMMs off; the variable replaces it, and the
+  # sampler still runs.
+  assert sampling.COMPILER_OPTIONS == {"xla_gpu_autotune_level": 0,
+                                       "xla_gpu_enable_triton_gemm": False} or \
       "R1JAX_SAMPLER_XLA_OPTIONS" in os.environ
   code = ("import jax, jax.numpy as jnp; from r1jax import sampling, model; "
           "from r1jax.config import get_config; c = get_config('tiny'); "
