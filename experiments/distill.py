@@ -26,7 +26,7 @@ import r1  # noqa: F401  (the shared and R1 pipeline flags, and the stage helper
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from r1jax import hf, sft  # noqa: E402
+from r1jax import checkpoint, hf, sft  # noqa: E402
 
 FLAGS = flags.FLAGS
 log = logging.getLogger("r1jax")
@@ -125,4 +125,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  checkpoint.run_app(main)

@@ -322,4 +322,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  checkpoint.run_app(main)

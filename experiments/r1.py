@@ -33,7 +33,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from r1jax import eval as r1eval  # noqa: E402
-from r1jax import hf, language, logs, model, rewards, runner, sft, tasks, trainer  # noqa: E402
+from r1jax import checkpoint, hf, language, logs, model, rewards, runner, sft, tasks, trainer  # noqa: E402,E501
 from r1jax.tokenizer import CharTokenizer  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -427,4 +427,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  checkpoint.run_app(main)

@@ -21,7 +21,7 @@ import jax  # noqa: E402
 
 from r1jax import eval as r1eval  # noqa: E402
 from r1jax import language  # noqa: E402,F401  (registers language_consistency)
-from r1jax import rewards, runner, tasks, trainer  # noqa: E402
+from r1jax import checkpoint, rewards, runner, tasks, trainer  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -82,4 +82,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  checkpoint.run_app(main)

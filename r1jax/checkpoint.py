@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import threading
 from typing import Any, Optional
 
@@ -150,3 +151,16 @@ class StopAtStepBoundary:
     if self._old is not None:
       signal.signal(signal.SIGINT, self._old)
       self._old = None
+
+
+def run_app(main) -> None:
+  """absl's `app.run(main)` for the scripts whose loops save their state on KeyboardInterrupt
+  (`StopAtStepBoundary`, `save_on_interrupt`): an interrupt (Ctrl-C, a time guard's SIGINT) then
+  ends the script with one log line and exit status 130, not a traceback."""
+  from absl import app  # pylint: disable=import-outside-toplevel
+  try:
+    app.run(main)
+  except KeyboardInterrupt as e:
+    detail = f" ({e})" if str(e) else ""
+    log.warning("interrupted%s: the same command resumes from the saved state", detail)
+    sys.exit(130)

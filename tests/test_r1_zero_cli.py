@@ -138,3 +138,22 @@ def test_both_rl_scripts_take_every_trainer_flag():
                        env=dict(os.environ, JAX_PLATFORMS="cpu"))
   assert out.returncode == 0, out.stderr[-2000:]
   assert json.loads(out.stdout.strip().splitlines()[-1]) == [2, 4, "bfloat16", 16, 3, 7, 0.5]
+
+
+def test_an_interrupt_ends_a_script_with_status_130_and_no_traceback():
+  """checkpoint.run_app (the training scripts' entry point): the loop's KeyboardInterrupt after
+  it saved its state ends the process with one log line, not a traceback; other errors keep
+  theirs."""
+  code = ("import sys; from r1jax import checkpoint\n"
+          "def main(argv):\n"
+          "  if sys.argv[-1] == 'interrupt': raise KeyboardInterrupt('stopped at a step boundary')\n"
+          "  raise ValueError('a real error')\n"
+          "checkpoint.run_app(main)\n")
+  out = subprocess.run([sys.executable, "-c", code, "interrupt"], capture_output=True,
+                       text=True, timeout=120)
+  assert out.returncode == 130, out.stderr
+  assert "interrupted (stopped at a step boundary): the same command resumes" in out.stderr
+  assert "Traceback" not in out.stderr
+  out = subprocess.run([sys.executable, "-c", code, "error"], capture_output=True, text=True,
+                       timeout=120)
+  assert out.returncode == 1 and "ValueError: a real error" in out.stderr, out.stderr
