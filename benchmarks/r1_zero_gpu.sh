@@ -8,6 +8,8 @@
 #
 # Environment (all optional): STAGE=all|pretrain|rl, SEEDS="0 1 2", PARALLEL (default: number of
 # seeds), RL_STEPS, PRETRAIN_STEPS, PRETRAIN_TIME_S (a guard: pretraining stops there),
+# PRETRAIN_EXTRA (more experiments/pretrain_base.py flags, after and over the ones here, e.g. a
+# corpus of longer searches: docs/r1_zero_gpu.md, "What remains"),
 # RL_TIME_S (a guard: RL is interrupted there and the curves drawn from what was logged),
 # BASE (checkpoint dir), ROOT (run dirs), OUT (where results are copied; the device tool's $OUT),
 # GRID (a sweep.py --grid instead of the seeds, e.g. GRID=loss_type=grpo,dr_grpo,dapo with
@@ -65,6 +67,7 @@ else
   RL_TIME_S=${RL_TIME_S:-330}
 fi
 
+read -r -a PRETRAIN_EXTRA_ARR <<< "${PRETRAIN_EXTRA:-}"
 t0=$(date +%s)
 if [[ $STAGE == all || $STAGE == pretrain ]]; then
   echo "== pretraining the base model into $BASE"
@@ -72,7 +75,7 @@ if [[ $STAGE == all || $STAGE == pretrain ]]; then
   "$PY" experiments/pretrain_base.py --output_dir="$BASE" --seed=0 \
     --task_options="$TASK_OPTIONS" --max_prompt_length=36 \
     --mix_single=0.5 --mix_search=0.35 --mix_give_up=0.1 --mix_malformed=0.05 \
-    "${PRETRAIN_FLAGS[@]}"
+    "${PRETRAIN_FLAGS[@]}" "${PRETRAIN_EXTRA_ARR[@]}"
   echo "== pretraining done at $(( $(date +%s) - t0 )) s"
 fi
 

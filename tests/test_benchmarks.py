@@ -189,3 +189,15 @@ def test_gpu_queue_stops_at_a_base_whose_pretraining_is_unfinished(tmp_path):
 def test_gpu_queue_names_an_unknown_job(tmp_path):
   result = _gpu_all(tmp_path, ORDER="seeds rl")
   assert result.returncode == 2 and "unknown job 'rl'" in result.stdout + result.stderr
+
+
+def test_pretrain_extra_flags_reach_the_pretraining(tmp_path):
+  """r1_zero_gpu.sh's PRETRAIN_EXTRA goes to experiments/pretrain_base.py after its own flags:
+  a bad value there is named by the pretraining script."""
+  import subprocess  # pylint: disable=import-outside-toplevel
+  env = dict(os.environ, STAGE="pretrain", BASE=str(tmp_path / "base"), OUT=str(tmp_path / "out"),
+             PYTHON=sys.executable, PRETRAIN_EXTRA="--continue_prob=0.8 --max_attempts=0")
+  result = subprocess.run(["bash", os.path.join(BENCHMARKS, "r1_zero_gpu.sh"), "--small"],
+                          env=env, capture_output=True, text=True, timeout=300)
+  assert "max_attempts=0 must be >= 1" in result.stdout + result.stderr, result.stdout[-3000:]
+  assert not os.path.exists(tmp_path / "base" / "config.json")
