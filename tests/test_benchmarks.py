@@ -77,6 +77,14 @@ def test_short_prompt_len_is_named():
                     "--new_tokens", "4"])
 
 
+@pytest.fixture
+def own_compilations(monkeypatch):
+  """The workers compile their programs themselves, without the session's compilation cache
+  (conftest): what these tests compare is what each process's own compilation computes."""
+  monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+
+
+@pytest.mark.usefixtures("own_compilations")
 def test_concurrent_eval_small_rows_agree(capsys):
   """The --small run: two concurrent CPU processes evaluate the committed base to the same
   numbers (the property the GPU run checks), printed one row per process."""
@@ -89,6 +97,7 @@ def test_concurrent_eval_small_rows_agree(capsys):
   assert float(rows[0][4]) > 0.5  # the base formats its answers: real completions were scored
 
 
+@pytest.mark.usefixtures("own_compilations")
 def test_concurrent_eval_warm_first_adds_a_lone_run(capsys):
   import concurrent_eval  # pylint: disable=import-outside-toplevel
   assert concurrent_eval.main(["--small", "--warm_first"]) == 0  # --small: 2 processes
