@@ -30,3 +30,5 @@ SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "dat
 
 def pytest_configure(config):
   config.addinivalue_line("markers", "slow: a slower end-to-end test (still run in CI)")
+  config.addinivalue_line("markers", "bench: a CPU smoke run of a GPU benchmark script; left out "
+                          "of the default run (pytest.ini), run with -m bench")

@@ -22,6 +22,7 @@ def _table(text: str) -> dict:
   return rows
 
 
+@pytest.mark.bench
 def test_grpo_step_small_prints_every_phase(capsys):
   """The --small run end to end: the table lists every phase and the step's work. No timing is
   asserted (a loaded CI machine varies); how the phases split a step is checked exactly by
@@ -84,29 +85,23 @@ def own_compilations(monkeypatch):
   monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
 
 
+@pytest.mark.bench
 @pytest.mark.usefixtures("own_compilations")
-def test_concurrent_eval_small_rows_agree(capsys):
-  """The --small run: two concurrent CPU processes evaluate the committed base to the same
-  numbers (the property the GPU run checks), printed one row per process."""
-  import concurrent_eval  # pylint: disable=import-outside-toplevel
-  assert concurrent_eval.main(["--small"]) == 0
-  rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines()
-          if line.startswith("- | ")]
-  assert len(rows) == 2 and all(r[1] == "default" for r in rows)
-  assert rows[0][3:7] == rows[1][3:7]  # pass@1, format, length, truncated
-  assert float(rows[0][4]) > 0.5  # the base formats its answers: real completions were scored
-
-
-@pytest.mark.usefixtures("own_compilations")
-def test_concurrent_eval_warm_first_adds_a_lone_run(capsys):
+def test_concurrent_eval_small_rows_agree_with_a_lone_run(capsys):
+  """The --small run with --warm_first: a lone process, then two concurrent CPU processes,
+  evaluate the committed base to the same numbers (the property the GPU run checks), printed
+  one row per process."""
   import concurrent_eval  # pylint: disable=import-outside-toplevel
   assert concurrent_eval.main(["--small", "--warm_first"]) == 0  # --small: 2 processes
   rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines()
           if line.startswith("- | ")]
   assert [r[2] for r in rows] == ["warm", "0", "1"]
-  assert rows[0][3:7] == rows[1][3:7] == rows[2][3:7]
+  assert all(r[1] == "default" for r in rows)
+  assert rows[0][3:7] == rows[1][3:7] == rows[2][3:7]  # pass@1, format, length, truncated
+  assert float(rows[0][4]) > 0.5  # the base formats its answers: real completions were scored
 
 
+@pytest.mark.bench
 def test_concurrent_eval_tries_each_sampler_setting(capsys):
   """--sampler_options reaches the workers' sampler (on CPU the GPU options change nothing, so
   both settings give the same numbers; a bad setting's error is tested in test_sampling)."""
