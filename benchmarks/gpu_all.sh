@@ -40,7 +40,7 @@ SMALL=()
 if [[ "${1:-}" == "--small" ]]; then SMALL=(--small); fi
 PY=${PYTHON:-python3}
 OUT=${OUT:-runs/gpu_all_out}
-# Checked before gpu_common.sh, whose import checks take seconds.
+# Checked first: a bad ORDER fails before anything is logged or installed.
 ORDER=${ORDER:-"seeds ablations r1 distill"}
 for job in $ORDER; do
   case $job in seeds|r1|distill|ablations) ;;

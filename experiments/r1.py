@@ -33,7 +33,8 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from r1jax import eval as r1eval  # noqa: E402
-from r1jax import checkpoint, hf, language, logs, model, rewards, runner, sft, tasks, trainer  # noqa: E402,E501
+from r1jax import checkpoint, hf, language, logs, model, rewards  # noqa: E402
+from r1jax import runner, sft, tasks, trainer  # noqa: E402
 from r1jax.tokenizer import CharTokenizer  # noqa: E402
 
 FLAGS = flags.FLAGS
