@@ -56,6 +56,9 @@ flags.DEFINE_float("mix_drill", 0.1, "Corpus share: arithmetic and comparison pr
 flags.DEFINE_float("continue_prob", 0.5, "Search: chance of another attempt after a miss.")
 flags.DEFINE_integer("max_attempts", 8, "Search: attempts at most.")
 flags.DEFINE_float("hit_bias", 0.0, "Search: chance that an attempt is a good guess.")
+flags.DEFINE_enum("search_order", "random", ["random", "systematic"],
+                  "Search: distinct random attempts, or every attempt in a fixed order after a "
+                  "random first pair (r1jax.corpus.systematic_attempts).")
 flags.DEFINE_integer("drill_warmup_steps", 0, "First steps on drill documents only.")
 flags.DEFINE_integer("pad_multiple", 64, "Batches are padded to a multiple of this many tokens "
                      "(fewer distinct shapes, fewer compilations).")
@@ -128,7 +131,7 @@ def corpus_config() -> corpus.CorpusConfig:
                              give_up=FLAGS.mix_give_up, malformed=FLAGS.mix_malformed,
                              drill=FLAGS.mix_drill,
                              continue_prob=FLAGS.continue_prob, max_attempts=FLAGS.max_attempts,
-                             hit_bias=FLAGS.hit_bias,
+                             hit_bias=FLAGS.hit_bias, search_order=FLAGS.search_order,
                              template=FLAGS.template)
 
 

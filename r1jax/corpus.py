@@ -124,6 +124,24 @@ def all_attempts(numbers: tuple[int, ...]) -> tuple[Attempt, ...]:
   return tuple(out[k] for k in sorted(out))
 
 
+OPS = "+-*/"
+
+
+def systematic_attempts(numbers: Sequence[int], rng: random.Random) -> list[Attempt]:
+  """Every distinct Attempt over `numbers`, in the order a methodical player tries them: the
+  first pair is chosen at random, then the pairs not yet used in a random order, and within a
+  pair the first operation in the order + - * /, then the second in that order. Each attempt
+  follows from the one before it (the next operation, or the next pair), so a small model can
+  continue a search without remembering which attempts it has made."""
+  by_pair: dict[tuple[int, int], list[Attempt]] = {}
+  for a in all_attempts(tuple(sorted(int(n) for n in numbers))):
+    by_pair.setdefault(a.steps[0][:3:2], []).append(a)
+  pairs = sorted(by_pair)
+  rng.shuffle(pairs)
+  key = lambda a: tuple(OPS.index(s[1]) for s in a.steps) + (a.expression,)
+  return [a for pair in pairs for a in sorted(by_pair[pair], key=key)]
+
+
 def hit_rate(problem: Problem) -> float:
   """Share of `all_attempts` that reach the target: the chance a random attempt solves it."""
   atts = all_attempts(tuple(sorted(problem.meta["numbers"])))
@@ -157,7 +175,9 @@ class CorpusConfig:
 
   A `search` or `give_up` completion makes 1 + Geometric attempts: after each miss it goes on
   with probability `continue_prob`, up to `max_attempts`. Malformed completions damage a single
-  (`malformed_single` of them) or a search completion.
+  (`malformed_single` of them) or a search completion. `search_order`: "random" (distinct
+  random attempts) or "systematic" (`systematic_attempts`: a random first pair, then the
+  operations in a fixed order).
   """
 
   single: float = 0.4
@@ -174,6 +194,7 @@ class CorpusConfig:
   drill_items: int = 8
   drill_max_number: int = 12
   malformed_single: float = 0.5
+  search_order: str = "random"
   template: str = "compact"
 
   def __post_init__(self):
@@ -189,6 +210,11 @@ class CorpusConfig:
                        f"{self.drill_max_number} must be >= 1")
     if not 0 <= self.hit_bias <= 1:
       raise ValueError(f"hit_bias={self.hit_bias} must be in [0, 1]")
+    if self.search_order not in ("random", "systematic"):
+      raise ValueError(f"search_order={self.search_order!r}; expected 'random' or 'systematic'")
+    if self.search_order == "systematic" and self.hit_bias:
+      raise ValueError(f"hit_bias={self.hit_bias} needs search_order='random' (a systematic "
+                       "search has no guesses)")
     if not 0 <= self.malformed_single <= 1:
       raise ValueError(f"malformed_single={self.malformed_single} must be in [0, 1]")
 
@@ -237,7 +263,10 @@ def _search(problem, cfg, rng, budget=None):
   target = problem.meta["target"]
   budget = budget or max(_budget(cfg, rng), 2)
   parts, chosen = [], None
-  attempts = _distinct_attempts(problem.meta["numbers"], rng, budget, target, cfg.hit_bias)
+  if cfg.search_order == "systematic":
+    attempts = systematic_attempts(problem.meta["numbers"], rng)[:budget]
+  else:
+    attempts = _distinct_attempts(problem.meta["numbers"], rng, budget, target, cfg.hit_bias)
   for i, a in enumerate(attempts):
     chosen = a
     parts.append(_checked(a, target, first=i == 0))
@@ -259,8 +288,13 @@ def _checked(a: Attempt, target: int, first: bool) -> str:
 
 def _give_up(problem, cfg, rng):
   target = problem.meta["target"]
-  misses = [a for a in _distinct_attempts(problem.meta["numbers"], rng, cfg.max_attempts)
-            if a.value != target][:max(_budget(cfg, rng), 1)]
+  if cfg.search_order == "systematic":  # the misses before the first hit, in order
+    ordered = systematic_attempts(problem.meta["numbers"], rng)
+    hits = [i for i, a in enumerate(ordered) if a.value == target]
+    misses = ordered[:hits[0] if hits else len(ordered)][:max(_budget(cfg, rng), 1)]
+  else:
+    misses = [a for a in _distinct_attempts(problem.meta["numbers"], rng, cfg.max_attempts)
+              if a.value != target][:max(_budget(cfg, rng), 1)]
   if not misses:  # every attempt hits: nothing to give up on
     return _search(problem, cfg, rng)
   parts = [_checked(a, target, first=i == 0) for i, a in enumerate(misses)]

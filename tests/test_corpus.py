@@ -5,6 +5,7 @@ import itertools
 import json
 import operator
 import os
+import random
 import re
 import subprocess
 import sys
@@ -154,6 +155,10 @@ def test_bad_config_is_named():
     corpus.CorpusConfig(single=-1)
   with pytest.raises(ValueError, match="kind"):
     corpus.make_document(None, "perfect", corpus.CorpusConfig(), None)
+  with pytest.raises(ValueError, match="search_order"):
+    corpus.CorpusConfig(search_order="sorted")
+  with pytest.raises(ValueError, match="hit_bias"):
+    corpus.CorpusConfig(search_order="systematic", hit_bias=0.5)
 
 
 def test_batches_are_the_sampler_layout():
@@ -191,6 +196,59 @@ def test_hit_bias_makes_searches_guess_the_target():
   # Unbiased first attempts hit about as often as a random attempt does.
   expected = np.mean([corpus.hit_rate(d.problem) for d in docs])
   assert abs(first_hit - expected) < 0.05 and first_hit < 0.3
+
+
+SYSTEMATIC = corpus.CorpusConfig(single=0.2, search=0.4, give_up=0.3, malformed=0.1, drill=0,
+                                 continue_prob=0.8, max_attempts=32, search_order="systematic")
+
+
+@pytest.mark.parametrize("numbers", [(9, 3, 5), (4, 4, 2), (7, 1, 10)])
+def test_systematic_attempts_are_every_attempt_pair_by_pair(numbers):
+  expected = {a.expression for a in corpus.all_attempts(tuple(sorted(numbers)))}
+  firsts = set()
+  for seed in range(12):
+    order = corpus.systematic_attempts(numbers, random.Random(seed))
+    assert [a.expression for a in order] and {a.expression for a in order} == expected
+    assert len(order) == len(expected)
+    pairs = [a.steps[0][::2][:2] for a in order]
+    # Each first pair's attempts are contiguous, and within a pair the operations come in the
+    # order + - * /, the first step's before the second's.
+    runs = [p for i, p in enumerate(pairs) if i == 0 or p != pairs[i - 1]]
+    assert len(runs) == len(set(runs))
+    for i in range(1, len(order)):
+      if pairs[i] == pairs[i - 1]:
+        ops = lambda a: tuple("+-*/".index(s[1]) for s in a.steps)
+        assert ops(order[i - 1]) < ops(order[i]), (order[i - 1], order[i])
+    firsts.add(pairs[0])
+  assert len(firsts) == len(set(pairs)) > 1  # the first pair is random
+
+
+def test_systematic_searches_follow_the_order_and_label_right():
+  docs = corpus.corpus_documents(600, seed=4, cfg=SYSTEMATIC, task_options=OPTIONS)
+  kinds = {"search": 0, "give_up": 0}
+  for d in docs:
+    acc = rewards.countdown_reward(PREFIX + d.completion, d.problem)
+    assert bool(acc) == d.correct, d.text
+    if d.kind not in kinds or d.attempts < 2:
+      continue
+    kinds[d.kind] += 1
+    written = re.findall(r"(?:^ |try )([^c]*?), check [^:]*: (no|yes)\.", d.completion)
+    texts = [t for t, _ in written]
+    assert len(texts) == d.attempts, d.text
+    # The attempts are consecutive in the order that starts with the document's first pair.
+    for seed in range(50):
+      order = [a.text() for a in corpus.systematic_attempts(d.problem.meta["numbers"],
+                                                            random.Random(seed))]
+      if order[:len(texts)] == texts:
+        break
+    else:
+      raise AssertionError(f"not a systematic prefix: {d.text}")
+    verdicts = [v for _, v in written]
+    assert "yes" not in verdicts[:-1]
+    if d.kind == "give_up":
+      assert "yes" not in verdicts and d.completion.count("give up.") == 1
+  assert kinds["search"] > 50 and kinds["give_up"] > 50
+  assert max(d.attempts for d in docs) >= 8
 
 
 def test_drills_check_half_of_their_steps_right():
