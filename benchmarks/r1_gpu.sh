@@ -63,7 +63,7 @@ else
   SMALL_PRETRAIN=(--model_preset=small --max_steps=5000 --batch_size=64 --learning_rate=1e-3
                   --warmup_steps=200 --dtype=bfloat16 --pad_multiple=128 --log_every=100
                   --eval_num_problems=128 --eval_num_samples=16 --eval_batch_size=128
-                  --max_completion_length=384)
+                  --max_completion_length=512)
   R1_TIME_S=${R1_TIME_S:-420}
   DISTILL_TIME_S=${DISTILL_TIME_S:-420}
   SMALL_PRETRAIN_TIME_S=${SMALL_PRETRAIN_TIME_S:-150}
@@ -87,7 +87,7 @@ if [[ $STAGE == all || $STAGE == small_base ]] && [[ ! -f $SMALL_BASE/config.jso
   XLA_PYTHON_CLIENT_MEM_FRACTION=${SMALL_MEM_FRACTION:-${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.75}} \
   "$PY" experiments/pretrain_base.py --output_dir="$SMALL_BASE" --seed=0 \
     --task_options="$TASK_OPTIONS" --max_prompt_length=36 \
-    --mix_single=0.5 --mix_search=0.35 --mix_give_up=0.1 --mix_malformed=0.05 \
+    "${CORPUS_FLAGS[@]}" \
     --time_limit_s="$SMALL_PRETRAIN_TIME_S" "${SMALL_PRETRAIN[@]}"
   echo "== small base done at $(( $(date +%s) - t0 )) s"
 fi

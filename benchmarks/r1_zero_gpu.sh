@@ -8,8 +8,8 @@
 #
 # Environment (all optional): STAGE=all|pretrain|rl, SEEDS="0 1 2", PARALLEL (default: number of
 # seeds), RL_STEPS, PRETRAIN_STEPS, PRETRAIN_TIME_S (a guard: pretraining stops there),
-# PRETRAIN_EXTRA (more experiments/pretrain_base.py flags, after and over the ones here, e.g. a
-# corpus of longer searches: docs/r1_zero_gpu.md, "What remains"),
+# PRETRAIN_EXTRA (more experiments/pretrain_base.py flags, after and over the ones here and the
+# corpus of benchmarks/gpu_common.sh, e.g. PRETRAIN_EXTRA="--search_order=random"),
 # RL_TIME_S (a guard: RL is interrupted there and the curves drawn from what was logged),
 # BASE (checkpoint dir), ROOT (run dirs), OUT (where results are copied; the device tool's $OUT),
 # GRID (a sweep.py --grid instead of the seeds, e.g. GRID=loss_type=grpo,dr_grpo,dapo with
@@ -62,8 +62,8 @@ else
                   --learning_rate=1e-3 --warmup_steps=200 --dtype=bfloat16 --pad_multiple=128
                   --time_limit_s="${PRETRAIN_TIME_S:-170}" --log_every=100
                   --eval_num_problems=128 --eval_num_samples=16 --eval_batch_size=128
-                  --max_completion_length=384)
-  RL_FLAGS=(--max_steps="${RL_STEPS:-150}")
+                  --max_completion_length=768)
+  RL_FLAGS=(--max_steps="${RL_STEPS:-100}")
   RL_TIME_S=${RL_TIME_S:-330}
 fi
 
@@ -74,7 +74,7 @@ if [[ $STAGE == all || $STAGE == pretrain ]]; then
   XLA_PYTHON_CLIENT_MEM_FRACTION=${PRETRAIN_MEM_FRACTION:-${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.75}} \
   "$PY" experiments/pretrain_base.py --output_dir="$BASE" --seed=0 \
     --task_options="$TASK_OPTIONS" --max_prompt_length=36 \
-    --mix_single=0.5 --mix_search=0.35 --mix_give_up=0.1 --mix_malformed=0.05 \
+    "${CORPUS_FLAGS[@]}" \
     "${PRETRAIN_FLAGS[@]}" "${PRETRAIN_EXTRA_ARR[@]}"
   echo "== pretraining done at $(( $(date +%s) - t0 )) s"
 fi
