@@ -65,7 +65,9 @@ def train_teacher(stage_dir, student: r1.Policy, task, train, test, meta):
     from r1jax import corpus  # pylint: disable=import-outside-toplevel
     problems = train[-FLAGS.teacher_num_traces:]  # not the first ones, which distill.py asks
     pairs = corpus.correct_traces(problems, FLAGS.seed + 5, style=FLAGS.cold_start_style,
-                                  template=FLAGS.template)
+                                  max_misses=FLAGS.cold_start_max_misses,
+                                  template=FLAGS.template,
+                                  search_order=FLAGS.cold_start_search_order)
     examples = [sft.Example(p, c, {"source": "corpus.correct_traces"}) for p, c in pairs]
     eval_fn = r1.make_eval_fn(teacher, test, r1.reward_fn(task))
     r1.run_sft_stage(stage_dir, teacher, jax.device_get(params), examples,

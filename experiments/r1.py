@@ -55,6 +55,11 @@ flags.DEFINE_string("cold_start_data", "", "JSONL (prompt, completion) of cold-s
                     "default: r1jax.corpus.correct_traces of the training problems.")
 flags.DEFINE_integer("cold_start_num_examples", 256, "Cold-start traces generated.")
 flags.DEFINE_string("cold_start_style", "long", "corpus.correct_traces style.")
+flags.DEFINE_enum("cold_start_search_order", "random", ["random", "systematic"],
+                  "corpus.correct_traces search_order: random misses then a looked-up solution, "
+                  "or a real search in corpus.systematic_attempts order up to its first hit.")
+flags.DEFINE_integer("cold_start_max_misses", 2, "corpus.correct_traces max_misses: failed "
+                     "attempts written before the solution, at most.")
 flags.DEFINE_float("cold_start_epochs", 2.0, "Epochs of cold-start SFT.")
 flags.DEFINE_integer("sft_batch_size", 16, "SFT batch size.")
 flags.DEFINE_float("sft_learning_rate", 1e-3, "SFT AdamW learning rate.")
@@ -277,7 +282,8 @@ def cold_start_examples(train) -> list[sft.Example]:
   from r1jax import corpus  # pylint: disable=import-outside-toplevel
   problems = train[:FLAGS.cold_start_num_examples]
   pairs = corpus.correct_traces(problems, FLAGS.seed, style=FLAGS.cold_start_style,
-                                template=FLAGS.template)
+                                max_misses=FLAGS.cold_start_max_misses, template=FLAGS.template,
+                                search_order=FLAGS.cold_start_search_order)
   return [sft.Example(prompt, completion, {"question": p.question, "gold": p.answer,
                                            "source": "cold_start"})
           for p, (prompt, completion) in zip(problems, pairs)]

@@ -401,21 +401,37 @@ def _long_trace(problem: Problem, misses: list[Attempt], hit: Attempt) -> str:
 
 
 def correct_traces(problems: Sequence[Problem], seed: int = 0, style: str = "long",
-                   max_misses: int = 2, template: str = "compact") -> list[tuple[str, str]]:
+                   max_misses: int = 2, template: str = "compact",
+                   search_order: str = "random") -> list[tuple[str, str]]:
   """(prompt, completion) pairs whose answers verify, one per Countdown problem.
 
-  style "long": readable sentences, up to `max_misses` failed attempts, the solution and a
-  check line (cold-start data, DeepSeek-R1 §2.3.1). style "short": the corpus's own compact
-  search notation ending in a hit. Raises if a problem has no solution.
+  style "long": readable sentences, failed attempts, the solution and a check line (cold-start
+  data, DeepSeek-R1 §2.3.1). style "short": the corpus's own compact search notation ending in a
+  hit. search_order "random": 0 to `max_misses` random failed attempts, then a solution drawn from
+  all of them (one the trace could not have found by its search). "systematic": a real search,
+  `systematic_attempts` up to its first hit, of which the last `max_misses` misses are written
+  (consecutive in the order, so each attempt still follows from the one before). Raises if a
+  problem has no solution.
   """
   if style not in ("long", "short"):
     raise ValueError(f"style={style!r}; expected 'long' or 'short'")
+  if search_order not in ("random", "systematic"):
+    raise ValueError(f"search_order={search_order!r}; expected 'random' or 'systematic'")
+  if max_misses < 0:
+    raise ValueError(f"max_misses={max_misses} must be >= 0")
   rng = random.Random(seed)
   out = []
   for p in problems:
-    hit = _solution(p, rng)
-    misses = [a for a in _distinct_attempts(p.meta["numbers"], rng, max_misses + 4)
-              if a.value != p.meta["target"]][:rng.randint(0, max_misses)]
+    if search_order == "systematic":
+      order = systematic_attempts(p.meta["numbers"], rng)
+      first = next((i for i, a in enumerate(order) if a.value == p.meta["target"]), None)
+      if first is None:
+        _solution(p, rng)  # raises: no solution
+      hit, misses = order[first], order[max(first - max_misses, 0):first]
+    else:
+      hit = _solution(p, rng)
+      misses = [a for a in _distinct_attempts(p.meta["numbers"], rng, max_misses + 4)
+                if a.value != p.meta["target"]][:rng.randint(0, max_misses)]
     if style == "long":
       completion = _long_trace(p, misses, hit)
     else:

@@ -146,6 +146,39 @@ def test_correct_traces_verify_and_are_well_formed():
   assert np.mean([len(c) for _, c in long]) > 100
   with pytest.raises(ValueError, match="style"):
     corpus.correct_traces(problems, style="medium")
+  with pytest.raises(ValueError, match="search_order"):
+    corpus.correct_traces(problems, search_order="sorted")
+  with pytest.raises(ValueError, match="max_misses"):
+    corpus.correct_traces(problems, max_misses=-1)
+
+
+@pytest.mark.parametrize("style", ["long", "short"])
+def test_systematic_correct_traces_are_real_searches(style):
+  """Each trace is consecutive attempts of one systematic order that end at its first hit: at
+  most max_misses misses, as many as the order has before the hit when that is fewer."""
+  problems = get_task("countdown", **{**OPTIONS, "num_train": 120}).split("train", 0)
+  pairs = corpus.correct_traces(problems, seed=2, style=style, max_misses=4,
+                                search_order="systematic")
+  pattern = (r"Try (\d+) (.) (\d+) = (-?\d+), then (\d+) (.) (\d+) = (-?\d+)\." if style == "long"
+             else r"(?:^ |try )(\d+)(.)(\d+)=(-?\d+), (\d+)(.)(\d+)=(-?\d+), check")
+  counts = []
+  for (prompt, completion), p in zip(pairs, problems):
+    assert rewards.countdown_reward(PREFIX + completion, p) == 1.0, completion
+    written = [((int(m[0]), m[1], int(m[2]), int(m[3])), (int(m[4]), m[5], int(m[6]), int(m[7])))
+               for m in re.findall(pattern, completion)]
+    assert written, completion
+    counts.append(len(written) - 1)
+    target, n = p.meta["target"], len(written)
+    for seed in range(60):  # some order of this problem holds them consecutively, up to a hit
+      order = corpus.systematic_attempts(p.meta["numbers"], random.Random(seed))
+      first_hit = next(j for j, a in enumerate(order) if a.value == target)
+      start = first_hit + 1 - n
+      if start >= 0 and [a.steps for a in order[start:first_hit + 1]] == written and (
+          n == 5 or start == 0):
+        break
+    else:
+      raise AssertionError(f"not the end of a systematic search up to its first hit: {completion}")
+  assert max(counts) == 4 and min(counts) < 4
 
 
 def test_bad_config_is_named():
