@@ -16,6 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # pylint: disable=wrong-import-position
 import jax  # noqa: E402
+from jax.experimental import multihost_utils  # noqa: E402
 
 from r1jax import grpo, hf, model, sharding, trainer  # noqa: E402
 from r1jax.config import get_config  # noqa: E402
@@ -150,6 +151,27 @@ def load_policy():
     raise ValueError(f"tokenizer {tok_spec!r} has {tokenizer.vocab_size} ids but the model's "
                      f"vocabulary has {config.vocab_size} (--model_preset/--init_checkpoint)")
   return config, params, tokenizer
+
+
+def tokenizer_dir():
+  """The directory whose tokenizer files an exported policy copies (None for the char
+  tokenizer): --init_checkpoint when it holds tokenizer.json, else a --tokenizer path."""
+  if FLAGS.init_checkpoint and os.path.exists(os.path.join(FLAGS.init_checkpoint,
+                                                           "tokenizer.json")):
+    return FLAGS.init_checkpoint
+  if FLAGS.tokenizer and FLAGS.tokenizer != "char":
+    return FLAGS.tokenizer if os.path.isdir(FLAGS.tokenizer) else os.path.dirname(FLAGS.tokenizer)
+  return None
+
+
+def export_policy(path: str, model_config, params, tok_dir=None):
+  """Writes `params` as a Hugging Face directory (config.json, safetensors, the tokenizer files
+  of `tok_dir`). Sharded params are gathered first; with several processes, process 0 writes."""
+  if jax.process_count() > 1:
+    params = multihost_utils.process_allgather(params, tiled=True)
+  params = jax.device_get(params)
+  if jax.process_index() == 0:
+    hf.save_hf_checkpoint(path, model_config, params, tokenizer_dir=tok_dir)
 
 
 def make_mesh():

@@ -154,21 +154,13 @@ class Policy:
     return jax.tree.map(lambda p: p.astype(self.model_config.storage_dtype), params)
 
   def export(self, path: str, params):
-    hf.save_hf_checkpoint(path, self.model_config, jax.device_get(params),
-                          tokenizer_dir=self.tokenizer_dir)
+    common.export_policy(path, self.model_config, params, self.tokenizer_dir)
 
 
 def load_base_policy():
   """(Policy, base params) from --init_checkpoint / --model_preset / --tokenizer."""
   model_config, params, tokenizer = common.load_policy()
-  tok_dir = None
-  if FLAGS.init_checkpoint and os.path.exists(os.path.join(FLAGS.init_checkpoint,
-                                                           "tokenizer.json")):
-    tok_dir = FLAGS.init_checkpoint
-  elif FLAGS.tokenizer and FLAGS.tokenizer != "char":
-    tok_dir = FLAGS.tokenizer if os.path.isdir(FLAGS.tokenizer) else os.path.dirname(
-        FLAGS.tokenizer)
-  return Policy(model_config, tokenizer, tok_dir), params
+  return Policy(model_config, tokenizer, common.tokenizer_dir()), params
 
 
 def make_eval_fn(policy: Policy, problems, score_fn, vocabulary=None, seed_offset: int = 1):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import os
 
-from absl import app, flags
+from absl import app, flags, logging
 
 import common  # noqa: F401  (defines the shared flags; adds the repo to sys.path)
 
@@ -22,6 +22,11 @@ import jax  # noqa: E402
 from r1jax import eval as r1eval  # noqa: E402
 from r1jax import language  # noqa: E402,F401  (registers language_consistency)
 from r1jax import checkpoint, rewards, runner, tasks, trainer  # noqa: E402
+
+flags.DEFINE_bool("export_policy", True, "At the end, write the final policy as a Hugging Face "
+                  "directory (config.json, safetensors, tokenizer files) into <workdir>/policy, "
+                  "for experiments/evaluate.py, distillation (--teacher_checkpoint) or "
+                  "transformers.")
 
 FLAGS = flags.FLAGS
 
@@ -78,7 +83,11 @@ def main(argv):
                          save_total_limit=FLAGS.save_total_limit, eval_steps=FLAGS.eval_steps,
                          plot=FLAGS.plot)
   os.makedirs(FLAGS.workdir, exist_ok=True)
-  runner.run_grpo(grpo_trainer, params, run, eval_fn=eval_fn, meta=common.flag_values())
+  state = runner.run_grpo(grpo_trainer, params, run, eval_fn=eval_fn, meta=common.flag_values())
+  if FLAGS.export_policy:
+    path = os.path.join(FLAGS.workdir, "policy")
+    common.export_policy(path, model_config, state["params"], common.tokenizer_dir())
+    logging.info("exported the final policy (step %d) to %s", int(state["step"]), path)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ import subprocess
 import sys
 
 import jax
+import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from r1jax import hf, model
@@ -62,7 +64,9 @@ def test_flagfile_is_the_documented_default():
 @pytest.mark.slow
 def test_short_run_writes_everything_and_resumes(tiny_checkpoint, tmp_path):
   workdir = str(tmp_path / "run")
-  args = SHORT + [f"--init_checkpoint={tiny_checkpoint}", f"--workdir={workdir}"]
+  # Weight decay moves the params even when every reward of the random policy is the same.
+  args = SHORT + [f"--init_checkpoint={tiny_checkpoint}", f"--workdir={workdir}",
+                  "--weight_decay=0.5"]
   first = _run(args)
   assert first.returncode == 0, first.stderr[-3000:]
   metrics = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
@@ -77,6 +81,19 @@ def test_short_run_writes_everything_and_resumes(tiny_checkpoint, tmp_path):
   assert os.path.exists(os.path.join(workdir, "samples", "step_000002.jsonl"))
   for png in ("accuracy.png", "response_length.png", "reflection.png"):
     assert os.path.getsize(os.path.join(workdir, png)) > 1000
+  # The final policy, exported as a Hugging Face directory, holds the last checkpoint's params
+  # (read back by orbax without a target), not the base's.
+  config, exported = hf.load_hf_checkpoint(os.path.join(workdir, "policy"))
+  assert config == hf.load_hf_config(tiny_checkpoint)
+  manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"))
+  saved = manager.restore(2, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  saved = saved["state"]["params"]
+  _, base = hf.load_hf_checkpoint(tiny_checkpoint)
+  flat_exported, tree = jax.tree.flatten(exported)
+  flat_saved = tree.flatten_up_to(saved)
+  assert all(np.array_equal(np.asarray(a), np.asarray(b))
+             for a, b in zip(flat_exported, flat_saved))
+  assert not all(np.array_equal(a, b) for a, b in zip(flat_exported, jax.tree.leaves(base)))
 
   second = _run(args)  # same workdir, max_steps reached: resumes and does nothing
   assert second.returncode == 0, second.stderr[-3000:]
