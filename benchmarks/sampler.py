@@ -41,6 +41,9 @@ def parse_args(argv=None):
   parser.add_argument("--repeats", type=int, default=3, help="timed runs; the median is kept")
   parser.add_argument("--bandwidth_mib", type=int, default=2048,
                       help="size of the array copied to measure memory bandwidth")
+  parser.add_argument("--attention", default="xla", choices=["xla", "ragged"],
+                      help="SamplingConfig.attention: the whole cache under a mask, or only each "
+                      "row's filled slots (model.ragged_decode_attention, Pallas)")
   parser.add_argument("--profile", action="store_true",
                       help="also print the device's 25 costliest ops of one generate call")
   parser.add_argument("--small", action="store_true",
@@ -98,7 +101,8 @@ def main(argv=None):
 
   print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), preset {args.preset}, "
         f"{config.num_params() / 1e6:.1f}M params, dtype {args.dtype}, P={p}, N={n}, "
-        f"temperature={args.temperature}, top_k={args.top_k}, top_p={args.top_p}")
+        f"temperature={args.temperature}, top_k={args.top_k}, top_p={args.top_p}, "
+        f"attention={args.attention}")
   print(f"measured copy bandwidth: {bandwidth / 1e9:.1f} GB/s; weights read per step: "
         f"{weight_bytes / 1e6:.1f} MB")
   header = ("batch", "tok/s", "ms/step", "prefill ms", "MB/step", "roofline tok/s", "ratio",
@@ -110,7 +114,7 @@ def main(argv=None):
     mask = jnp.ones((batch, p), bool)
     key = jax.random.PRNGKey(1)
     sampling = SamplingConfig(max_new_tokens=n, temperature=args.temperature, top_k=args.top_k,
-                              top_p=args.top_p)  # no EOS: every row runs all N steps
+                              top_p=args.top_p, attention=args.attention)  # no EOS: all N steps
     prefill_only = dataclasses.replace(sampling, max_new_tokens=1)
 
     def run(s):

@@ -281,8 +281,32 @@ def decode_weights(params: Params, config: ModelConfig) -> tuple[Params, list[Pa
   return head, layers
 
 
+ATTENTION_BLOCK = 64  # keys per program of ragged_decode_attention; S must be a multiple
+
+
+def ragged_decode_attention(q, ck, cv, start, end):
+  """Attention of one query per row over the slots [start, end) of its cache, reading only the
+  blocks of `ATTENTION_BLOCK` slots that hold some of them: the Pallas flash-decoding kernel of
+  `jax.experimental.pallas.ops.gpu.decode_attention` (Triton on GPU, interpreted elsewhere).
+
+  q: [R,N,G,K]; ck, cv: [R,N,S,K] with S a multiple of ATTENTION_BLOCK; start, end: [R] int32.
+  Returns [R,N,G,K] in q's dtype. A row needs start < end."""
+  from jax.experimental.pallas.ops.gpu import decode_attention  # pylint: disable=import-outside-toplevel
+  r, n, g, k = q.shape
+  s = ck.shape[2]
+  if s % ATTENTION_BLOCK:
+    raise ValueError(f"cache length {s} is not a multiple of ATTENTION_BLOCK={ATTENTION_BLOCK}")
+  # gqa takes [R,S,N,K] and swaps back to [R,N,S,K] inside: the two transposes cancel.
+  out = decode_attention.gqa(q.reshape(r, n * g, k), ck.swapaxes(1, 2), cv.swapaxes(1, 2),
+                             start_idx=start, kv_seq_len=end, block_k=ATTENTION_BLOCK,
+                             k_splits=s // ATTENTION_BLOCK,
+                             interpret=jax.default_backend() != "gpu")
+  return out.reshape(r, n, g, k).astype(q.dtype)
+
+
 def decode_step(head: Params, layers: list[Params], config: ModelConfig, token: jax.Array,
-                position: jax.Array, kv_mask: jax.Array, cache: tuple, slot):
+                position: jax.Array, kv_mask: jax.Array, cache: tuple, slot,
+                kv_range: Optional[tuple[jax.Array, jax.Array]] = None):
   """One token per row through the decoder, reading and writing a per-layer KV cache.
 
   Args:
@@ -290,6 +314,9 @@ def decode_step(head: Params, layers: list[Params], config: ModelConfig, token: 
     token, position: [R] int, the token fed at slot `slot` and its RoPE position.
     kv_mask: [R,S] bool, valid slots, `slot` included.
     cache: L pairs (k, v), each [R,N,S,K].
+    kv_range: optional ([R] start, [R] end): the valid slots are exactly [start, end) (left-
+      padded prompts); attention then reads only those (`ragged_decode_attention`) instead of
+      all S slots under `kv_mask`.
 
   Returns:
     (logits [R,V] float32, the cache with slot `slot` written).
@@ -313,11 +340,15 @@ def decode_step(head: Params, layers: list[Params], config: ModelConfig, token: 
                                       (0, 0, slot, 0))
     new_cache.append((ck, cv))
     q = q.reshape(r, n, g, k)
-    scores = jnp.einsum("rngk,rnsk->rngs", q, ck.astype(dtype),
-                        preferred_element_type=jnp.float32) * (k ** -0.5)
-    scores = jnp.where(valid, scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
-    attn = jnp.einsum("rngs,rnsk->rngk", probs, cv.astype(dtype)).reshape(r, 1, n * g, k)
+    if kv_range is not None:
+      attn = ragged_decode_attention(q.astype(dtype), ck.astype(dtype), cv.astype(dtype),
+                                     *kv_range).reshape(r, 1, n * g, k)
+    else:
+      scores = jnp.einsum("rngk,rnsk->rngs", q, ck.astype(dtype),
+                          preferred_element_type=jnp.float32) * (k ** -0.5)
+      scores = jnp.where(valid, scores, jnp.finfo(jnp.float32).min)
+      probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
+      attn = jnp.einsum("rngs,rnsk->rngk", probs, cv.astype(dtype)).reshape(r, 1, n * g, k)
     x = x + jnp.einsum("bthk,hkd->btd", attn, p["wo"])
     h = rms_norm(x, p["mlp_norm"], config.rms_norm_eps).astype(dtype)
     gate_up = jnp.einsum("btd,dcf->btcf", h, p["w_gate_up"])

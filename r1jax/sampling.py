@@ -51,6 +51,12 @@ class SamplingConfig:
   eos_ids: tuple[int, ...] = ()
   stop_sequences: tuple[tuple[int, ...], ...] = ()
   pad_id: int = 0
+  # "xla": attention over the whole fixed-length cache under a mask. "ragged": only the filled
+  # slots of each row (model.ragged_decode_attention, a Pallas kernel; the cache is padded to a
+  # multiple of model.ATTENTION_BLOCK slots). Not yet measured on a GPU (BENCHMARKS.md). The
+  # default comes from the environment variable R1JAX_SAMPLER_ATTENTION, so that every sampler
+  # of a run (rollouts, evaluations, rejection sampling) can switch without a flag.
+  attention: str = os.environ.get("R1JAX_SAMPLER_ATTENTION", "xla")
 
   def __post_init__(self):
     def is_int(x):
@@ -68,6 +74,9 @@ class SamplingConfig:
       raise ValueError(f"num_samples={self.num_samples!r} must be an int >= 1")
     if not is_int(self.pad_id) or self.pad_id < 0:
       raise ValueError(f"pad_id={self.pad_id!r} must be an int >= 0")
+    if self.attention not in ("xla", "ragged"):
+      raise ValueError(f"attention={self.attention!r} (R1JAX_SAMPLER_ATTENTION?); expected "
+                       "'xla' or 'ragged'")
     # Lists would make the config unhashable; coerce to tuples.
     try:
       eos = tuple(int(i) for i in self.eos_ids)
@@ -247,6 +256,9 @@ def _generate(params, config: ModelConfig, prompt_tokens, prompt_mask, key,
   b, p = prompt_tokens.shape
   g, n = sampling.num_samples, sampling.max_new_tokens
   r, s = b * g, p + n - 1
+  ragged = sampling.attention == "ragged"
+  if ragged:  # slots past p + n - 1 are never valid: the kernel skips their blocks
+    s = -(-s // model.ATTENTION_BLOCK) * model.ATTENTION_BLOCK
   prompt_tokens = prompt_tokens.astype(jnp.int32)
   prompt_mask = prompt_mask.astype(bool)
 
@@ -295,8 +307,9 @@ def _generate(params, config: ModelConfig, prompt_tokens, prompt_mask, key,
     t = state.step
     slot = p + t
     kv_mask = jax.lax.dynamic_update_slice(state.kv_mask, jnp.ones((r, 1), bool), (0, slot))
+    kv_range = (p - prompt_lengths, jnp.full((r,), slot + 1, jnp.int32)) if ragged else None
     logits, cache = model.decode_step(head, layers, config, state.last, prompt_lengths + t,
-                                      kv_mask, state.cache, slot)
+                                      kv_mask, state.cache, slot, kv_range=kv_range)
     cache = tuple((constrain(k), constrain(v)) for k, v in cache)
     state = state._replace(step=t + 1, logits=logits, cache=cache, kv_mask=kv_mask)
     return _sample_and_record(state, key, sampling)

@@ -74,6 +74,7 @@ def test_left_pad():
 @pytest.mark.parametrize("field, value", [
     ("max_new_tokens", 0), ("temperature", -1.0), ("top_k", -2), ("top_p", 0.0),
     ("top_p", 1.5), ("num_samples", 0), ("pad_id", -1), ("stop_sequences", ((),)),
+    ("attention", "flash"),
 ])
 def test_sampling_config_validation(field, value):
   kwargs = {"max_new_tokens": 4, field: value}
@@ -96,12 +97,15 @@ def test_generate_validation(tiny):
 
 
 # ----------------------------------------------------------------------------------------------
-def test_greedy_matches_brute_force(tiny):
+# "ragged": attention over each row's filled slots only (a Pallas kernel, interpreted on CPU).
+@pytest.mark.parametrize("attention", ["xla", "ragged"])
+def test_greedy_matches_brute_force(tiny, attention):
   config, params = tiny
   n, g = 8, 2
   tokens, mask = left_pad(PROMPTS, pad_id=0)
   out = generate(params, config, tokens, mask, jax.random.PRNGKey(1),
-                 SamplingConfig(max_new_tokens=n, temperature=0.0, num_samples=g))
+                 SamplingConfig(max_new_tokens=n, temperature=0.0, num_samples=g,
+                                attention=attention))
   assert out.tokens.shape == (len(PROMPTS) * g, n) and out.tokens.dtype == jnp.int32
   np.testing.assert_array_equal(out.prompt_tokens, np.repeat(tokens, g, axis=0))
   np.testing.assert_array_equal(out.prompt_mask, np.repeat(mask, g, axis=0))
@@ -138,12 +142,13 @@ def test_greedy_matches_transformers(tmp_path, family):
     np.testing.assert_array_equal(np.asarray(out.tokens[b]), hf, err_msg=f"prompt {b}")
 
 
-def test_log_probs_match_full_forward(tiny):
+@pytest.mark.parametrize("attention", ["xla", "ragged"])
+def test_log_probs_match_full_forward(tiny, attention):
   config, params = tiny
   n, g, temperature = 10, 2, 0.7
   tokens, mask = left_pad(PROMPTS, pad_id=0)
   sampling = SamplingConfig(max_new_tokens=n, temperature=temperature, top_k=20, top_p=0.9,
-                            num_samples=g, eos_ids=(2,))
+                            num_samples=g, eos_ids=(2,), attention=attention)
   out = generate(params, config, tokens, mask, jax.random.PRNGKey(3), sampling)
   full_tokens = np.concatenate([out.prompt_tokens, out.tokens], axis=1)
   full_mask = np.concatenate([out.prompt_mask, out.mask], axis=1)
@@ -344,3 +349,19 @@ def test_sampler_compiler_options_parse_and_come_from_the_environment():
                        env=dict(os.environ, R1JAX_SAMPLER_XLA_OPTIONS=""))
   assert out.returncode == 0, out.stderr
   assert out.stdout.split("\n")[0] == "{} (1, 4)"
+
+
+def test_sampler_attention_default_comes_from_the_environment():
+  code = ("import jax, jax.numpy as jnp; from r1jax import sampling, model; "
+          "from r1jax.config import get_config; c = get_config('tiny'); "
+          "p = model.init_params(c, jax.random.PRNGKey(0)); s = sampling.SamplingConfig(4); "
+          "o = sampling.generate(p, c, jnp.ones((1, 3), jnp.int32), jnp.ones((1, 3), bool), "
+          "jax.random.PRNGKey(1), s); print(s.attention, o.tokens.shape)")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, R1JAX_SAMPLER_ATTENTION="ragged"))
+  assert out.returncode == 0, out.stderr
+  assert out.stdout.split("\n")[0] == "ragged (1, 4)"
+  bad = subprocess.run([sys.executable, "-c", "from r1jax import sampling; "
+                        "sampling.SamplingConfig(4)"], capture_output=True, text=True,
+                       timeout=300, env=dict(os.environ, R1JAX_SAMPLER_ATTENTION="flash"))
+  assert bad.returncode != 0 and "R1JAX_SAMPLER_ATTENTION" in bad.stderr
