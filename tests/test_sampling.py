@@ -327,6 +327,18 @@ def test_bfloat16_compute_over_float32_weights(tiny):
   np.testing.assert_allclose(np.asarray(out.log_probs), expected, atol=0.05, rtol=0)
 
 
+def _generate_in_subprocess(show: str, **env):
+  """A fresh process (the sampler reads its settings at import) that samples 4 tokens of the
+  tiny model with SamplingConfig s and prints `show` and the tokens' shape."""
+  code = ("import jax, jax.numpy as jnp; from r1jax import sampling, model; "
+          "from r1jax.config import get_config; c = get_config('tiny'); "
+          "p = model.init_params(c, jax.random.PRNGKey(0)); s = sampling.SamplingConfig(4); "
+          "o = sampling.generate(p, c, jnp.ones((1, 3), jnp.int32), jnp.ones((1, 3), bool), "
+          f"jax.random.PRNGKey(1), s); print({show}, o.tokens.shape)")
+  return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                        timeout=300, env=dict(os.environ, **env))
+
+
 def test_sampler_compiler_options_parse_and_come_from_the_environment():
   assert sampling.parse_compiler_options("") == {}
   assert sampling.parse_compiler_options(
@@ -339,26 +351,13 @@ def test_sampler_compiler_options_parse_and_come_from_the_environment():
   assert sampling.COMPILER_OPTIONS == {"xla_gpu_autotune_level": 0,
                                        "xla_gpu_enable_triton_gemm": False} or \
       "R1JAX_SAMPLER_XLA_OPTIONS" in os.environ
-  code = ("import jax, jax.numpy as jnp; from r1jax import sampling, model; "
-          "from r1jax.config import get_config; c = get_config('tiny'); "
-          "p = model.init_params(c, jax.random.PRNGKey(0)); "
-          "o = sampling.generate(p, c, jnp.ones((1, 3), jnp.int32), jnp.ones((1, 3), bool), "
-          "jax.random.PRNGKey(1), sampling.SamplingConfig(max_new_tokens=4)); "
-          "print(sampling.COMPILER_OPTIONS, o.tokens.shape)")
-  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                       env=dict(os.environ, R1JAX_SAMPLER_XLA_OPTIONS=""))
+  out = _generate_in_subprocess("sampling.COMPILER_OPTIONS", R1JAX_SAMPLER_XLA_OPTIONS="")
   assert out.returncode == 0, out.stderr
   assert out.stdout.split("\n")[0] == "{} (1, 4)"
 
 
 def test_sampler_attention_default_comes_from_the_environment():
-  code = ("import jax, jax.numpy as jnp; from r1jax import sampling, model; "
-          "from r1jax.config import get_config; c = get_config('tiny'); "
-          "p = model.init_params(c, jax.random.PRNGKey(0)); s = sampling.SamplingConfig(4); "
-          "o = sampling.generate(p, c, jnp.ones((1, 3), jnp.int32), jnp.ones((1, 3), bool), "
-          "jax.random.PRNGKey(1), s); print(s.attention, o.tokens.shape)")
-  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                       env=dict(os.environ, R1JAX_SAMPLER_ATTENTION="ragged"))
+  out = _generate_in_subprocess("s.attention", R1JAX_SAMPLER_ATTENTION="ragged")
   assert out.returncode == 0, out.stderr
   assert out.stdout.split("\n")[0] == "ragged (1, 4)"
   bad = subprocess.run([sys.executable, "-c", "from r1jax import sampling; "
