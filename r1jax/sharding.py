@@ -331,6 +331,10 @@ def shard_generate(config: ModelConfig, sampling_cfg, param_sh, mesh: Mesh,
   left to itself, XLA keeps a whole copy of the cache on every data-parallel device."""
   from r1jax import sampling  # pylint: disable=import-outside-toplevel
 
+  if sampling_cfg.attention != "xla":
+    # A Pallas kernel is one opaque call to the partitioner: it would gather the sharded cache.
+    raise ValueError(f"attention={sampling_cfg.attention!r} (R1JAX_SAMPLER_ATTENTION) runs on "
+                     "one device only; a mesh needs attention='xla'")
   # Without sampling.generate's `cache_sharding` argument the results are the same, but each
   # data-parallel device holds (and updates) the whole cache.
   has_hook = "cache_sharding" in inspect.signature(sampling.generate).parameters

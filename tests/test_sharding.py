@@ -345,3 +345,10 @@ def test_trainer_on_a_mesh_repeats_the_single_device_run():
   np.testing.assert_allclose(m1, m2, rtol=1e-4, atol=1e-6)
   for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p2)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_ragged_attention_on_a_mesh_is_refused_naming_the_setting():
+  mesh = sharding.make_mesh(sharding.MeshConfig(data=1, fsdp=1, tensor=1),
+                            devices=jax.devices()[:1])
+  with pytest.raises(ValueError, match="R1JAX_SAMPLER_ATTENTION"):
+    sharding.shard_generate(CFG, dataclasses.replace(RANDOM, attention="ragged"), None, mesh)
