@@ -142,6 +142,15 @@ def systematic_attempts(numbers: Sequence[int], rng: random.Random) -> list[Atte
   return [a for pair in pairs for a in sorted(by_pair[pair], key=key)]
 
 
+def systematic_search(problem: Problem, rng: random.Random) -> tuple[list[Attempt],
+                                                                     Optional[Attempt]]:
+  """(the misses before the first hit, the first hit or None) of one `systematic_attempts`
+  order of the problem's numbers."""
+  order = systematic_attempts(problem.meta["numbers"], rng)
+  first = next((i for i, a in enumerate(order) if a.value == problem.meta["target"]), len(order))
+  return order[:first], order[first] if first < len(order) else None
+
+
 def hit_rate(problem: Problem) -> float:
   """Share of `all_attempts` that reach the target: the chance a random attempt solves it."""
   atts = all_attempts(tuple(sorted(problem.meta["numbers"])))
@@ -289,9 +298,7 @@ def _checked(a: Attempt, target: int, first: bool) -> str:
 def _give_up(problem, cfg, rng):
   target = problem.meta["target"]
   if cfg.search_order == "systematic":  # the misses before the first hit, in order
-    ordered = systematic_attempts(problem.meta["numbers"], rng)
-    hits = [i for i, a in enumerate(ordered) if a.value == target]
-    misses = ordered[:hits[0] if hits else len(ordered)][:max(_budget(cfg, rng), 1)]
+    misses = systematic_search(problem, rng)[0][:max(_budget(cfg, rng), 1)]
   else:
     misses = [a for a in _distinct_attempts(problem.meta["numbers"], rng, cfg.max_attempts)
               if a.value != target][:max(_budget(cfg, rng), 1)]
@@ -423,11 +430,10 @@ def correct_traces(problems: Sequence[Problem], seed: int = 0, style: str = "lon
   out = []
   for p in problems:
     if search_order == "systematic":
-      order = systematic_attempts(p.meta["numbers"], rng)
-      first = next((i for i, a in enumerate(order) if a.value == p.meta["target"]), None)
-      if first is None:
-        _solution(p, rng)  # raises: no solution
-      hit, misses = order[first], order[max(first - max_misses, 0):first]
+      misses, hit = systematic_search(p, rng)
+      if hit is None:
+        raise ValueError(f"problem {p.question!r} has no solution by pairwise combination")
+      misses = misses[max(len(misses) - max_misses, 0):]
     else:
       hit = _solution(p, rng)
       misses = [a for a in _distinct_attempts(p.meta["numbers"], rng, max_misses + 4)

@@ -290,6 +290,7 @@ def ragged_decode_attention(q, ck, cv, start, end):
   `jax.experimental.pallas.ops.gpu.decode_attention` (Triton on GPU, interpreted elsewhere).
 
   q: [R,N,G,K]; ck, cv: [R,N,S,K] with S a multiple of ATTENTION_BLOCK; start, end: [R] int32.
+  q is cast to the cache's dtype (casting the cache instead would copy all of it every step).
   Returns [R,N,G,K] in q's dtype. A row needs start < end."""
   from jax.experimental.pallas.ops.gpu import decode_attention  # pylint: disable=import-outside-toplevel
   r, n, g, k = q.shape
@@ -297,7 +298,8 @@ def ragged_decode_attention(q, ck, cv, start, end):
   if s % ATTENTION_BLOCK:
     raise ValueError(f"cache length {s} is not a multiple of ATTENTION_BLOCK={ATTENTION_BLOCK}")
   # gqa takes [R,S,N,K] and swaps back to [R,N,S,K] inside: the two transposes cancel.
-  out = decode_attention.gqa(q.reshape(r, n * g, k), ck.swapaxes(1, 2), cv.swapaxes(1, 2),
+  out = decode_attention.gqa(q.reshape(r, n * g, k).astype(ck.dtype), ck.swapaxes(1, 2),
+                             cv.swapaxes(1, 2),
                              start_idx=start, kv_seq_len=end, block_k=ATTENTION_BLOCK,
                              k_splits=s // ATTENTION_BLOCK,
                              interpret=jax.default_backend() != "gpu")
@@ -341,8 +343,7 @@ def decode_step(head: Params, layers: list[Params], config: ModelConfig, token: 
     new_cache.append((ck, cv))
     q = q.reshape(r, n, g, k)
     if kv_range is not None:
-      attn = ragged_decode_attention(q.astype(dtype), ck.astype(dtype), cv.astype(dtype),
-                                     *kv_range).reshape(r, 1, n * g, k)
+      attn = ragged_decode_attention(q.astype(dtype), ck, cv, *kv_range).reshape(r, 1, n * g, k)
     else:
       scores = jnp.einsum("rngk,rnsk->rngs", q, ck.astype(dtype),
                           preferred_element_type=jnp.float32) * (k ** -0.5)
