@@ -62,7 +62,7 @@ if (( ${#SMALL[@]} )); then
   MEDIUM=$RUNS/r1_zero_gpu_small/base; ROOT_A=$RUNS/r1_zero_gpu_small; ROOT_B=$RUNS/r1_gpu_small
   SMALL_BASE=$ROOT_B/base_small
 else
-  TAG=; RL_STEPS=100
+  TAG=; RL_STEPS=60
   MEDIUM=$RUNS/r1_zero_gpu/base_medium; ROOT_A=$RUNS/r1_zero_gpu; ROOT_B=$RUNS
   SMALL_BASE=$RUNS/r1_zero_gpu/base_small
 fi

@@ -63,7 +63,7 @@ else
                   --time_limit_s="${PRETRAIN_TIME_S:-170}" --log_every=100
                   --eval_num_problems=128 --eval_num_samples=16 --eval_batch_size=128
                   --max_completion_length=768)
-  RL_FLAGS=(--max_steps="${RL_STEPS:-100}")
+  RL_FLAGS=(--max_steps="${RL_STEPS:-60}")
   RL_TIME_S=${RL_TIME_S:-330}
 fi
 
