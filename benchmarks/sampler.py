@@ -18,6 +18,14 @@ fixed shapes.
   python benchmarks/sampler.py --preset qwen2.5-0.5b --batch 64,256 --prompt_len 128 \\
       --new_tokens 512 --dtype bfloat16
   python benchmarks/sampler.py --small   # CPU, tiny preset, seconds
+
+`--check` also checks the sampler's numbers on this device, after the timings of each batch:
+(1) with `--attention ragged`, `model.ragged_decode_attention` against a plain masked softmax
+in float32 on random normal q, k, v of the preset's shapes and random [start, end) ranges
+(error over the reference's largest entry; a wrong kernel is off by order 1); (2) the log-prob
+the sampler returned for each generated token against a full forward pass over the prompt and
+the completion (`model.sequence_log_probs`, no cache). It exits with status 1 when (1) exceeds
+its bound. With random weights the logits are nearly flat, so (2) is reported, not judged.
 """
 
 from __future__ import annotations
@@ -44,6 +52,8 @@ def parse_args(argv=None):
   parser.add_argument("--attention", default="xla", choices=["xla", "ragged"],
                       help="SamplingConfig.attention: the whole cache under a mask, or only each "
                       "row's filled slots (model.ragged_decode_attention, Pallas)")
+  parser.add_argument("--check", action="store_true",
+                      help="also check the ragged kernel and the returned log-probs (see above)")
   parser.add_argument("--profile", action="store_true",
                       help="also print the device's 25 costliest ops of one generate call")
   parser.add_argument("--small", action="store_true",
@@ -77,6 +87,56 @@ def measure_bandwidth(mib: int, repeats: int = 5) -> float:
   return 2 * x.nbytes / seconds
 
 
+# Bound on the ragged kernel's error over the reference's largest entry: bf16 rounding of q, k,
+# v and the probabilities (eps 2^-8) leaves ~1e-2; float32 ~1e-6.
+KERNEL_TOLERANCE = {"bfloat16": 3e-2, "float16": 5e-3, "float32": 1e-4}
+
+
+def check_ragged_kernel(config, rows: int, slots: int, dtype, seed: int = 0) -> float:
+  """Error of model.ragged_decode_attention against a masked softmax in float32, over the
+  reference's largest entry, on random normal inputs: q [R,N,G,K], k, v [R,N,S,K]."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from r1jax import model  # pylint: disable=import-outside-toplevel
+  n, g, k = config.num_kv_heads, config.num_heads // config.num_kv_heads, config.head_dim
+  s = -(-slots // model.ATTENTION_BLOCK) * model.ATTENTION_BLOCK
+  kq, kk, kv, ks, ke = jax.random.split(jax.random.PRNGKey(seed), 5)
+  q = jax.random.normal(kq, (rows, n, g, k), jnp.float32).astype(dtype)
+  ck = jax.random.normal(kk, (rows, n, s, k), jnp.float32).astype(dtype)
+  cv = jax.random.normal(kv, (rows, n, s, k), jnp.float32).astype(dtype)
+  start = jax.random.randint(ks, (rows,), 0, s // 2)
+  end = jnp.minimum(start + 1 + jax.random.randint(ke, (rows,), 0, s), s)
+  got = jax.jit(model.ragged_decode_attention)(q, ck, cv, start, end).astype(jnp.float32)
+  f32 = lambda x: x.astype(jnp.float32)  # noqa: E731
+  scores = jnp.einsum("rngk,rnsk->rngs", f32(q), f32(ck), precision="highest") * k ** -0.5
+  slot = jnp.arange(s)
+  valid = (slot >= start[:, None]) & (slot < end[:, None])
+  scores = jnp.where(valid[:, None, None, :], scores, -jnp.inf)
+  want = jnp.einsum("rngs,rnsk->rngk", jax.nn.softmax(scores, axis=-1), f32(cv),
+                    precision="highest")
+  return float(jnp.max(jnp.abs(got - want)) / jnp.max(jnp.abs(want)))
+
+
+def logprob_errors(params, config, out, rows_per_call: int = 8) -> tuple[float, float]:
+  """Max and mean |returned log-prob - full-forward log-prob| over the generated tokens."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from r1jax import model  # pylint: disable=import-outside-toplevel
+  p = out.prompt_tokens.shape[1]
+  score = jax.jit(lambda t, m: model.sequence_log_probs(params, t, m, config, chunk_size=128)[0])
+  diffs = []
+  for i in range(0, out.tokens.shape[0], rows_per_call):
+    rows = slice(i, i + rows_per_call)
+    tokens = jnp.concatenate([out.prompt_tokens[rows], out.tokens[rows]], axis=1)
+    mask = jnp.concatenate([out.prompt_mask[rows], out.mask[rows]], axis=1)
+    want = np.asarray(score(tokens, mask))[:, p - 1:]
+    got, valid = np.asarray(out.log_probs[rows]), np.asarray(out.mask[rows])
+    diffs.append(np.abs(got - want)[valid])
+  d = np.concatenate(diffs)
+  return float(d.max()), float(d.mean())
+
+
 def main(argv=None):
   args = parse_args(argv)
   if args.small:
@@ -105,6 +165,7 @@ def main(argv=None):
         f"attention={args.attention}")
   print(f"measured copy bandwidth: {bandwidth / 1e9:.1f} GB/s; weights read per step: "
         f"{weight_bytes / 1e6:.1f} MB")
+  failures = 0
   header = ("batch", "tok/s", "ms/step", "prefill ms", "MB/step", "roofline tok/s", "ratio",
             "MB/step(full S)", "ratio(full S)")
   print(" | ".join(header))
@@ -134,6 +195,16 @@ def main(argv=None):
     print(f"{batch} | {tok_per_s:.0f} | {step * 1e3:.3f} | {prefill * 1e3:.1f} | "
           f"{bytes_mean / 1e6:.1f} | {roofline:.0f} | {decode_tok_per_s / roofline:.2f} | "
           f"{bytes_full / 1e6:.1f} | {decode_tok_per_s / roofline_full:.2f}")
+    if args.check:
+      if args.attention == "ragged":
+        err = check_ragged_kernel(config, batch, p + n, config.compute_dtype)
+        bound = KERNEL_TOLERANCE.get(args.dtype, 3e-2)
+        failures += err > bound
+        print(f"  check: ragged kernel vs float32 softmax, error / max |ref| = {err:.2e} "
+              f"(bound {bound:.0e}): {'ok' if err <= bound else 'WRONG'}")
+      worst, mean = logprob_errors(params, config, run(sampling)())
+      print(f"  check: |returned log-prob - full forward| over {batch * n} tokens: max "
+            f"{worst:.2e}, mean {mean:.2e}")
     if args.profile:
       total_ms, ops = device_op_times(run(sampling))
       print(f"  device time of one call: {total_ms:.1f} ms; costliest ops:")
@@ -141,7 +212,7 @@ def main(argv=None):
         print(f"  {ms:9.2f} ms {100 * ms / max(total_ms, 1e-9):5.1f}% x{count:<6} {name[:110]}")
   print("tok/s: generated tokens / total generate time (prefill included); ratio: decode-only "
         "tok/s (batch / ms per step) over the roofline.")
-  return 0
+  return 1 if failures else 0
 
 
 if __name__ == "__main__":

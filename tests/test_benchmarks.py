@@ -205,3 +205,57 @@ def test_pretrain_extra_flags_reach_the_pretraining(tmp_path):
                           env=env, capture_output=True, text=True, timeout=300)
   assert "max_attempts=0 must be >= 1" in result.stdout + result.stderr, result.stdout[-3000:]
   assert not os.path.exists(tmp_path / "base" / "config.json")
+
+
+import sampler  # noqa: E402  pylint: disable=wrong-import-position,wrong-import-order
+
+
+def _ignoring_start(real):
+  def kernel(q, ck, cv, start, end):  # every slot below `end`, the left padding included
+    return real(q, ck, cv, start * 0, end)
+  return kernel
+
+
+def test_ragged_kernel_check_passes_the_kernel_and_fails_a_wrong_one(monkeypatch):
+  """The ragged kernel (interpreted on CPU) is within float32 rounding of a masked softmax; a
+  kernel that ignores the rows' start slots is off by order 1."""
+  from r1jax import config as cfg  # pylint: disable=import-outside-toplevel
+  from r1jax import model  # pylint: disable=import-outside-toplevel
+  tiny = cfg.get_config("tiny")
+  assert sampler.check_ragged_kernel(tiny, rows=4, slots=100, dtype="float32") < 1e-5
+  monkeypatch.setattr(model, "ragged_decode_attention",
+                      _ignoring_start(model.ragged_decode_attention))
+  assert sampler.check_ragged_kernel(tiny, rows=4, slots=100, dtype="float32") > 1e-2
+
+
+@pytest.mark.bench
+def test_sampler_check_reports_and_exits_1_on_a_wrong_kernel(monkeypatch, capsys):
+  from r1jax import model  # pylint: disable=import-outside-toplevel
+  argv = ["--small", "--check", "--attention", "ragged", "--batch", "4"]
+  assert sampler.main(argv) == 0
+  out = capsys.readouterr().out
+  assert "ragged kernel vs float32 softmax" in out and ": ok" in out
+  worst = float(out.split("over 128 tokens: max ")[1].split(",")[0])
+  assert worst < 1e-5, out
+  monkeypatch.setattr(model, "ragged_decode_attention",
+                      _ignoring_start(model.ragged_decode_attention))
+  assert sampler.main(argv) == 1
+  assert "WRONG" in capsys.readouterr().out
+
+
+def test_logprob_errors_sees_wrong_log_probs():
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from r1jax import config as cfg  # pylint: disable=import-outside-toplevel
+  from r1jax import model  # pylint: disable=import-outside-toplevel
+  from r1jax.sampling import SamplingConfig, generate  # pylint: disable=import-outside-toplevel
+  tiny = cfg.get_config("tiny", dtype="float32")
+  params = model.init_params(tiny, jax.random.PRNGKey(0), init_std=0.5)
+  tokens = jnp.tile(jnp.arange(3, 9, dtype=jnp.int32), (3, 1))
+  mask = jnp.ones_like(tokens, bool).at[0, :2].set(False)  # one left-padded row
+  out = generate(params, tiny, tokens, mask, jax.random.PRNGKey(1),
+                 SamplingConfig(max_new_tokens=12))
+  worst, mean = sampler.logprob_errors(params, tiny, out, rows_per_call=2)
+  assert worst < 1e-4 and mean <= worst
+  shifted = out._replace(log_probs=jnp.roll(out.log_probs, 1, axis=1))
+  assert sampler.logprob_errors(params, tiny, shifted)[0] > 1e-2
