@@ -7,6 +7,8 @@
 #     ablations  an ablation grid at the GPU scale (ABLATION_GRID)                      issue 4
 #     r1         the R1 pipeline (benchmarks/r1_gpu.sh, r1_gpu.flags)                   issue 6
 #     distill    distillation vs. RL on the small student (the same script)             issue 6
+#     distill_r1_zero  the same with the R1-Zero policy of seed 0 as the teacher
+#                (TEACHER=r1_zero, distill_r1_zero_gpu.flags; not in the default ORDER)    issue 6
 # Every part resumes: run the script again on the same machine (a later device call while it is
 # still warm) and the queue continues from the checkpoints; finished parts are skipped.
 #
@@ -32,7 +34,8 @@
 # RUNS (the folder of every run directory; default runs).
 #
 # What comes back in $OUT (at most 8 files): log.txt, r1_zero.tar.gz and r1.tar.gz (each script's
-# results), summary.json (the seeds), ablation_summary.json, r1_summary.md, distill_table.md.
+# results), summary.json (the seeds), ablation_summary.json, r1_summary.md, distill_table.md,
+# distill_r1_zero_table.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -43,8 +46,9 @@ OUT=${OUT:-runs/gpu_all_out}
 # Checked first: a bad ORDER fails before anything is logged or installed.
 ORDER=${ORDER:-"seeds ablations r1 distill"}
 for job in $ORDER; do
-  case $job in seeds|r1|distill|ablations) ;;
-    *) echo "ORDER=$ORDER: unknown job '$job' (seeds, r1, distill, ablations)" >&2; exit 2;;
+  case $job in seeds|r1|distill|distill_r1_zero|ablations) ;;
+    *) echo "ORDER=$ORDER: unknown job '$job' (seeds, r1, distill, distill_r1_zero," \
+         "ablations)" >&2; exit 2;;
   esac
 done
 source benchmarks/gpu_common.sh  # log.txt; the wheels the GPU image lacks, installed once here
@@ -68,6 +72,7 @@ else
 fi
 R1_DIR=$ROOT_B/r1_gpu
 DISTILL_DIR=$ROOT_B/distill_gpu
+DISTILL_R1_ZERO_DIR=$ROOT_B/distill_r1_zero_gpu
 # The directories of this script, for the two it runs.
 A_DIRS=(BASE="$MEDIUM" ROOT="$ROOT_A")
 B_DIRS=(ROOT="$ROOT_B" MEDIUM="$MEDIUM" SMALL_BASE="$SMALL_BASE")
@@ -100,7 +105,7 @@ if unfinished "$MEDIUM" && (( $(left) > 120 )); then
     bash benchmarks/r1_zero_gpu.sh "${SMALL[@]}" > "$OUT_A/pretrain.log" 2>&1 \
     || say "medium base: exit $?"
 fi
-if [[ " $ORDER " == *" distill "* ]] && unfinished "$SMALL_BASE" && (( $(left) > 120 )); then
+if [[ " $ORDER " == *" distill"* ]] && unfinished "$SMALL_BASE" && (( $(left) > 120 )); then
   say "pretraining the small student base"
   env "${B_DIRS[@]}" STAGE=small_base SMALL_PRETRAIN_TIME_S=$(( $(left) - 60 )) OUT=$OUT_B \
     bash benchmarks/r1_gpu.sh "${SMALL[@]}" > "$OUT_B/small_base.log" 2>&1 \
@@ -162,6 +167,17 @@ job_distill() {  # distillation of the R1 policy vs. RL on the small student
   env "${B_DIRS[@]}" STAGE=distill DISTILL_TIME_S=$(left) OUT=$OUT_B \
     bash benchmarks/r1_gpu.sh "${SMALL[@]}" >> "$OUT_B/track.log" 2>&1 || say "distill: exit $?"
 }
+job_distill_r1_zero() {  # distillation of the R1-Zero policy (seed 0) vs. RL on the small student
+  [[ -f $DISTILL_R1_ZERO_DIR/table.md ]] && return
+  [[ -f $ROOT_A/seed=0/policy/config.json ]] || {
+    say "distillation from R1-Zero waits for seed 0's final policy"; return; }
+  ready "$SMALL_BASE" || { say "distillation waits for the small base"; return; }
+  (( $(left) > 60 )) || return 0
+  say "distillation from R1-Zero vs. RL, $(left) s"
+  env "${B_DIRS[@]}" TEACHER=r1_zero STAGE=distill DISTILL_TIME_S=$(left) OUT=$OUT_B \
+    bash benchmarks/r1_gpu.sh "${SMALL[@]}" >> "$OUT_B/track.log" 2>&1 \
+    || say "distill_r1_zero: exit $?"
+}
 job_ablations() {  # ABLATION_GRID at the GPU scale (runs that are done resume in seconds)
   [[ -n $ABLATION_GRID ]] || return 0
   (( $(left) > 120 )) || return 0
@@ -177,7 +193,8 @@ if [[ ${STOPPED:-0} == 0 ]]; then
 fi
 
 # Collect.
-for f in "$OUT_A"/summary.json "$OUT_B"/r1_summary.md "$OUT_B"/distill_table.md; do
+for f in "$OUT_A"/summary.json "$OUT_B"/r1_summary.md "$OUT_B"/distill_table.md \
+         "$OUT_B"/distill_r1_zero_table.md; do
   [[ -f $f ]] && cp "$f" "$OUT/"
 done
 if [[ -f $OUT_A/ablations/summary.json ]]; then

@@ -16,7 +16,10 @@
 #   STAGE=small_base bash benchmarks/r1_gpu.sh & PRETRAIN_MEM_FRACTION=0.6 bash benchmarks/r1_zero_gpu.sh
 # Run the R1 stages alone on the GPU, or with that flag.
 #
-# Environment (all optional): STAGE=all|small_base|r1|distill, R1_TIME_S and DISTILL_TIME_S (guards:
+# Environment (all optional): STAGE=all|small_base|r1|distill, TEACHER (of the distillation: r1,
+# the R1 pipeline's final policy with distill_gpu.flags, the default; or r1_zero, the final
+# policy of seed 0 of benchmarks/r1_zero_gpu.sh beside MEDIUM, with distill_r1_zero_gpu.flags,
+# into $ROOT/distill_r1_zero_gpu), R1_TIME_S and DISTILL_TIME_S (guards:
 # the stage is interrupted there; both scripts resume from their checkpoints when run again),
 # SMALL_PRETRAIN_TIME_S, SMALL_MEM_FRACTION, ROOT, MEDIUM and SMALL_BASE (directories), R1_FLAGS
 # and DISTILL_FLAGS (extra flags, e.g. R1_FLAGS="--max_steps=100"), OUT (where results are
@@ -24,9 +27,11 @@
 #
 # What comes back in $OUT:
 #   r1_summary.md       held-out pass@1 / cons@16 / format / language / length after each stage
-#   distill_table.md    the Table 6 analog (teacher, student base, distilled, R1-Zero RL)
+#   distill_table.md    the Table 6 analog (teacher, student base, distilled, R1-Zero RL);
+#                       distill_r1_zero_table.md with TEACHER=r1_zero
 #   results.tar.gz      every stage's metrics.jsonl, eval_metrics.jsonl, plots, summaries,
 #                       rejection statistics and a few samples; the small base's README and loss
+#                       (results_r1_zero.tar.gz with TEACHER=r1_zero)
 #   log.txt             this script's output
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -69,7 +74,20 @@ else
   SMALL_PRETRAIN_TIME_S=${SMALL_PRETRAIN_TIME_S:-150}
 fi
 R1_DIR=$ROOT/r1_gpu
-DISTILL_DIR=$ROOT/distill_gpu
+TEACHER=${TEACHER:-r1}
+case $TEACHER in
+  r1)
+    DISTILL_DIR=$ROOT/distill_gpu; DISTILL_FLAGFILE=experiments/configs/distill_gpu.flags
+    TEACHER_POLICY=$R1_DIR/4_final_rl/policy; TEACHER_DONE=$R1_DIR/4_final_rl/DONE.json
+    TEACHER_ARGS=(--language_vocabulary_data="$R1_DIR/1_cold_start_sft/sft_data.jsonl")
+    TABLE=distill_table.md; RESULTS=results.tar.gz;;
+  r1_zero)
+    DISTILL_DIR=$ROOT/distill_r1_zero_gpu
+    DISTILL_FLAGFILE=experiments/configs/distill_r1_zero_gpu.flags
+    TEACHER_POLICY=$(dirname "$MEDIUM")/seed=0/policy; TEACHER_DONE=$TEACHER_POLICY/config.json
+    TEACHER_ARGS=(); TABLE=distill_r1_zero_table.md; RESULTS=results_r1_zero.tar.gz;;
+  *) echo "TEACHER=$TEACHER: expected r1 or r1_zero" >&2; exit 2;;
+esac
 
 t0=$(date +%s)
 guard() {  # guard SECONDS CMD...: run CMD, interrupted (SIGINT) after SECONDS; never fails the script
@@ -102,22 +120,21 @@ if [[ $STAGE == all || $STAGE == r1 ]]; then
 fi
 
 if [[ $STAGE == all || $STAGE == distill ]]; then
-  if [[ -f $R1_DIR/4_final_rl/DONE.json && -f $SMALL_BASE/config.json ]]; then
-    echo "== experiments/compare_distill_rl.py into $DISTILL_DIR"
+  if [[ -f $TEACHER_DONE && -f $SMALL_BASE/config.json ]]; then
+    echo "== experiments/compare_distill_rl.py into $DISTILL_DIR (teacher $TEACHER_POLICY)"
     guard "$DISTILL_TIME_S" "$PY" experiments/compare_distill_rl.py \
-      --flagfile=experiments/configs/distill_gpu.flags --workdir="$DISTILL_DIR" \
-      --teacher_checkpoint="$R1_DIR/4_final_rl/policy" \
-      --language_vocabulary_data="$R1_DIR/1_cold_start_sft/sft_data.jsonl" \
+      --flagfile="$DISTILL_FLAGFILE" --workdir="$DISTILL_DIR" \
+      --teacher_checkpoint="$TEACHER_POLICY" "${TEACHER_ARGS[@]}" \
       --init_checkpoint="$SMALL_BASE" "${DISTILL_EXTRA[@]}"
     echo "== distillation done at $(( $(date +%s) - t0 )) s"
   else
-    echo "== distillation skipped: needs $R1_DIR/4_final_rl/DONE.json and $SMALL_BASE"
+    echo "== distillation skipped: needs $TEACHER_DONE and $SMALL_BASE"
   fi
 fi
 
 # Collect.
 [[ -f $R1_DIR/summary.md ]] && cp "$R1_DIR/summary.md" "$OUT/r1_summary.md"
-[[ -f $DISTILL_DIR/table.md ]] && cp "$DISTILL_DIR/table.md" "$OUT/distill_table.md"
+[[ -f $DISTILL_DIR/table.md ]] && cp "$DISTILL_DIR/table.md" "$OUT/$TABLE"
 tar_items=()
 shopt -s nullglob
 for p in "$SMALL_BASE"/README.md "$SMALL_BASE"/loss.png "$SMALL_BASE"/pretrain_metrics.jsonl \
@@ -134,6 +151,6 @@ for p in "$SMALL_BASE"/README.md "$SMALL_BASE"/loss.png "$SMALL_BASE"/pretrain_m
     *) tar_items+=("$p");;
   esac
 done
-if (( ${#tar_items[@]} )); then tar czf "$OUT/results.tar.gz" "${tar_items[@]}" 2>/dev/null; fi
-for f in "$OUT"/r1_summary.md "$OUT"/distill_table.md; do [[ -f $f ]] && { echo "== $f"; cat "$f"; }; done
+if (( ${#tar_items[@]} )); then tar czf "$OUT/$RESULTS" "${tar_items[@]}" 2>/dev/null; fi
+for f in "$OUT"/r1_summary.md "$OUT/$TABLE"; do [[ -f $f ]] && { echo "== $f"; cat "$f"; }; done
 echo "== total $(( $(date +%s) - t0 )) s; results in $OUT"

@@ -10,6 +10,7 @@ BENCHMARKS = os.path.join(os.path.dirname(__file__), "..", "benchmarks")
 sys.path.insert(0, BENCHMARKS)
 
 import grpo_step  # noqa: E402  pylint: disable=wrong-import-position
+import sampler  # noqa: E402  pylint: disable=wrong-import-position
 
 
 def _table(text: str) -> dict:
@@ -190,6 +191,29 @@ def test_gpu_queue_stops_at_a_base_whose_pretraining_is_unfinished(tmp_path):
   assert "is not fully pretrained yet" not in result.stdout and "R1 pipeline" in result.stdout
 
 
+def test_gpu_queue_distills_from_r1_zero_only_with_its_policy(tmp_path):
+  """The distill_r1_zero job waits for seed 0's exported policy; with a table it is skipped."""
+  runs = str(tmp_path / "runs")
+  _fake_finished_queue(runs)
+  result = _gpu_all(tmp_path, ORDER="seeds distill_r1_zero")
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  assert "waits for seed 0's final policy" in result.stdout
+  os.makedirs(os.path.join(runs, "r1_gpu_small", "distill_r1_zero_gpu"))
+  open(os.path.join(runs, "r1_gpu_small", "distill_r1_zero_gpu", "table.md"), "w").write("| b |\n")
+  result = _gpu_all(tmp_path, ORDER="seeds distill_r1_zero")
+  assert result.returncode == 0 and "distillation" not in result.stdout, result.stdout[-3000:]
+
+
+def test_r1_gpu_names_an_unknown_teacher(tmp_path):
+  import subprocess  # pylint: disable=import-outside-toplevel
+  env = dict(os.environ, STAGE="distill", TEACHER="r2", ROOT=str(tmp_path), OUT=str(tmp_path / "o"),
+             PYTHON=sys.executable)
+  result = subprocess.run(["bash", os.path.join(BENCHMARKS, "r1_gpu.sh"), "--small"], env=env,
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode == 2, result.stdout[-3000:] + result.stderr[-3000:]
+  assert "TEACHER=r2: expected r1 or r1_zero" in result.stdout + result.stderr
+
+
 def test_gpu_queue_names_an_unknown_job(tmp_path):
   result = _gpu_all(tmp_path, ORDER="seeds rl")
   assert result.returncode == 2 and "unknown job 'rl'" in result.stdout + result.stderr
@@ -205,9 +229,6 @@ def test_pretrain_extra_flags_reach_the_pretraining(tmp_path):
                           env=env, capture_output=True, text=True, timeout=300)
   assert "max_attempts=0 must be >= 1" in result.stdout + result.stderr, result.stdout[-3000:]
   assert not os.path.exists(tmp_path / "base" / "config.json")
-
-
-import sampler  # noqa: E402  pylint: disable=wrong-import-position,wrong-import-order
 
 
 def _ignoring_start(real):
