@@ -280,3 +280,15 @@ def test_logprob_errors_sees_wrong_log_probs():
   assert worst < 1e-4 and mean <= worst
   shifted = out._replace(log_probs=jnp.roll(out.log_probs, 1, axis=1))
   assert sampler.logprob_errors(params, tiny, shifted)[0] > 1e-2
+
+
+@pytest.mark.bench
+def test_sampler_variants_small_runs_and_checks_every_variant():
+  import subprocess  # pylint: disable=import-outside-toplevel
+  result = subprocess.run(["bash", os.path.join(BENCHMARKS, "sampler_variants.sh"), "--small"],
+                          env=dict(os.environ, PYTHON=sys.executable), capture_output=True,
+                          text=True, timeout=600)
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  assert result.stdout.count("\n== small: ") + result.stdout.startswith("== small: ") == 4
+  assert result.stdout.count("ragged kernel vs float32 softmax") == 6  # 3 ragged variants x 2
+  assert "FAILED" not in result.stdout and "WRONG" not in result.stdout
