@@ -52,8 +52,10 @@ class SamplingConfig:
   stop_sequences: tuple[tuple[int, ...], ...] = ()
   pad_id: int = 0
   # "xla": attention over the whole fixed-length cache under a mask. "ragged": only the filled
-  # slots of each row (model.ragged_decode_attention, a Pallas kernel; the cache is padded to a
-  # multiple of model.ATTENTION_BLOCK slots). Not yet measured on a GPU (BENCHMARKS.md). The
+  # slots of each row, and of a finished row only its first slot (model.ragged_decode_attention,
+  # a Pallas kernel; the cache is padded to a multiple of model.ATTENTION_BLOCK slots). 1.4-2.0x
+  # faster per decode step at the 0.5B shape on an H200; its numbers there not yet checked
+  # (BENCHMARKS.md), so it is not the default. The
   # default comes from the environment variable R1JAX_SAMPLER_ATTENTION, so that every sampler
   # of a run (rollouts, evaluations, rejection sampling) can switch without a flag.
   attention: str = os.environ.get("R1JAX_SAMPLER_ATTENTION", "xla")
@@ -307,7 +309,10 @@ def _generate(params, config: ModelConfig, prompt_tokens, prompt_mask, key,
     t = state.step
     slot = p + t
     kv_mask = jax.lax.dynamic_update_slice(state.kv_mask, jnp.ones((r, 1), bool), (0, slot))
-    kv_range = (p - prompt_lengths, jnp.full((r,), slot + 1, jnp.int32)) if ragged else None
+    kv_range = None
+    if ragged:  # [start, end) of each row; a finished row reads its first slot's block only
+      start = p - prompt_lengths
+      kv_range = (start, jnp.where(state.done, start + 1, slot + 1))
     logits, cache = model.decode_step(head, layers, config, state.last, prompt_lengths + t,
                                       kv_mask, state.cache, slot, kv_range=kv_range)
     cache = tuple((constrain(k), constrain(v)) for k, v in cache)

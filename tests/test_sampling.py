@@ -1,5 +1,6 @@
 """Tests of r1jax.sampling against brute-force decoding, transformers and exact distributions."""
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -148,7 +149,11 @@ def test_log_probs_match_full_forward(tiny, attention):
   n, g, temperature = 10, 2, 0.7
   tokens, mask = left_pad(PROMPTS, pad_id=0)
   sampling = SamplingConfig(max_new_tokens=n, temperature=temperature, top_k=20, top_p=0.9,
-                            num_samples=g, eos_ids=(2,), attention=attention)
+                            num_samples=g, attention=attention)
+  # EOS: a token that row 0 samples halfway, so that it stops there (same key, same samples
+  # until then) while rows without that token go on.
+  eos = int(generate(params, config, tokens, mask, jax.random.PRNGKey(3), sampling).tokens[0, 4])
+  sampling = dataclasses.replace(sampling, eos_ids=(eos,))
   out = generate(params, config, tokens, mask, jax.random.PRNGKey(3), sampling)
   full_tokens = np.concatenate([out.prompt_tokens, out.tokens], axis=1)
   full_mask = np.concatenate([out.prompt_mask, out.mask], axis=1)
@@ -162,6 +167,9 @@ def test_log_probs_match_full_forward(tiny, attention):
   np.testing.assert_allclose(np.asarray(out.log_probs)[m], expected[m], atol=1e-5, rtol=0)
   assert np.all(np.asarray(out.log_probs)[~m] == 0)
   assert np.all(np.asarray(out.tokens)[~m] == sampling.pad_id)
+  # Some rows stopped at EOS while others went on (ragged: a finished row's attention reads
+  # only its first slot from then on; the rows still going must not notice).
+  assert 0 < np.sum(~np.asarray(out.truncated)) < len(out.truncated), out.lengths
   # The G samples of one prompt differ (sampling, not copies).
   assert not np.array_equal(out.tokens[0], out.tokens[1])
 
