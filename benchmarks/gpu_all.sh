@@ -70,12 +70,12 @@ else
   MEDIUM=$RUNS/r1_zero_gpu/base_medium; ROOT_A=$RUNS/r1_zero_gpu; ROOT_B=$RUNS
   SMALL_BASE=$RUNS/r1_zero_gpu/base_small
 fi
-R1_DIR=$ROOT_B/r1_gpu
+R1_DIR=${R1_DIR:-$ROOT_B/r1_gpu}  # R1_FLAGFILE (r1_gpu.sh) picks the pipeline's flagfile
 DISTILL_DIR=$ROOT_B/distill_gpu
 DISTILL_R1_ZERO_DIR=$ROOT_B/distill_r1_zero_gpu
 # The directories of this script, for the two it runs.
 A_DIRS=(BASE="$MEDIUM" ROOT="$ROOT_A")
-B_DIRS=(ROOT="$ROOT_B" MEDIUM="$MEDIUM" SMALL_BASE="$SMALL_BASE")
+B_DIRS=(ROOT="$ROOT_B" MEDIUM="$MEDIUM" SMALL_BASE="$SMALL_BASE" R1_DIR="$R1_DIR")
 OUT_A=$RUNS/gpu_all$TAG/out_r1_zero
 OUT_B=$RUNS/gpu_all$TAG/out_r1
 mkdir -p "$OUT_A" "$OUT_B"

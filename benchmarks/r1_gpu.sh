@@ -21,7 +21,9 @@
 # policy of seed 0 of benchmarks/r1_zero_gpu.sh beside MEDIUM, with distill_r1_zero_gpu.flags,
 # into $ROOT/distill_r1_zero_gpu), R1_TIME_S and DISTILL_TIME_S (guards:
 # the stage is interrupted there; both scripts resume from their checkpoints when run again),
-# SMALL_PRETRAIN_TIME_S, SMALL_MEM_FRACTION, ROOT, MEDIUM and SMALL_BASE (directories), R1_FLAGS
+# SMALL_PRETRAIN_TIME_S, SMALL_MEM_FRACTION, ROOT, MEDIUM, SMALL_BASE and R1_DIR (directories;
+# R1_DIR defaults to $ROOT/r1_gpu), R1_FLAGFILE (default experiments/configs/r1_gpu.flags; e.g.
+# r1_from_zero_gpu.flags, the cold start from R1-Zero's outputs, with R1_DIR=runs/r1_from_zero_gpu), R1_FLAGS
 # and DISTILL_FLAGS (extra flags, e.g. R1_FLAGS="--max_steps=100"), OUT (where results are
 # copied; the device tool's $OUT).
 #
@@ -73,7 +75,8 @@ else
   DISTILL_TIME_S=${DISTILL_TIME_S:-420}
   SMALL_PRETRAIN_TIME_S=${SMALL_PRETRAIN_TIME_S:-150}
 fi
-R1_DIR=$ROOT/r1_gpu
+R1_DIR=${R1_DIR:-$ROOT/r1_gpu}
+R1_FLAGFILE=${R1_FLAGFILE:-experiments/configs/r1_gpu.flags}
 TEACHER=${TEACHER:-r1}
 case $TEACHER in
   r1)
@@ -114,7 +117,7 @@ if [[ $STAGE == all || $STAGE == r1 ]]; then
   [[ -f "$MEDIUM/config.json" ]] || {
     echo "no medium base at $MEDIUM (run STAGE=pretrain bash benchmarks/r1_zero_gpu.sh)" >&2; exit 2; }
   echo "== experiments/r1.py into $R1_DIR"
-  guard "$R1_TIME_S" "$PY" experiments/r1.py --flagfile=experiments/configs/r1_gpu.flags \
+  guard "$R1_TIME_S" "$PY" experiments/r1.py --flagfile="$R1_FLAGFILE" \
     --init_checkpoint="$MEDIUM" --workdir="$R1_DIR" "${R1_EXTRA[@]}"
   echo "== r1 done at $(( $(date +%s) - t0 )) s"
 fi

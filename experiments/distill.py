@@ -26,7 +26,7 @@ import r1  # noqa: F401  (the shared and R1 pipeline flags, and the stage helper
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from r1jax import checkpoint, hf, sft  # noqa: E402
+from r1jax import checkpoint, sft  # noqa: E402
 
 FLAGS = flags.FLAGS
 log = logging.getLogger("r1jax")
@@ -48,13 +48,7 @@ def load_teacher(student: r1.Policy):
   """(teacher Policy, params): the teacher keeps its own shapes, shares the tokenizer."""
   if not FLAGS.teacher_checkpoint:
     raise app.UsageError("--teacher_checkpoint is required (or pass --distill_data)")
-  config, params = hf.load_hf_checkpoint(FLAGS.teacher_checkpoint)
-  config = config.replace(dtype=FLAGS.dtype, param_dtype=FLAGS.param_dtype)
-  if config.vocab_size < student.tokenizer.vocab_size:
-    raise ValueError(f"--teacher_checkpoint={FLAGS.teacher_checkpoint}: vocabulary of "
-                     f"{config.vocab_size} ids is smaller than the student's tokenizer")
-  params = jax.tree.map(lambda p: p.astype(config.storage_dtype), params)
-  return r1.Policy(config, student.tokenizer, student.tokenizer_dir), params
+  return r1.load_policy_dir(FLAGS.teacher_checkpoint, student, "teacher_checkpoint")
 
 
 def teacher_traces(stage_dir, student: r1.Policy, train, score_fn, vocab):

@@ -18,11 +18,13 @@ its checkpoints. <workdir>/summary.md tabulates the held-out pass@1 / cons@k aft
 
 from __future__ import annotations
 
+import collections
 import functools
 import json
 import logging
 import os
 import time
+from typing import Optional
 
 from absl import app, flags
 
@@ -55,6 +57,14 @@ flags.DEFINE_string("cold_start_data", "", "JSONL (prompt, completion) of cold-s
                     "default: r1jax.corpus.correct_traces of the training problems.")
 flags.DEFINE_integer("cold_start_num_examples", 256, "Cold-start traces generated.")
 flags.DEFINE_string("cold_start_style", "long", "corpus.correct_traces style.")
+flags.DEFINE_string("cold_start_teacher", "", "HF directory of an R1-Zero policy whose outputs "
+                    "become the cold-start data, as in the paper (R1-Zero outputs in a readable "
+                    "format): it answers --cold_start_num_examples training problems "
+                    "--cold_start_samples times, and per problem its first right completion "
+                    "that corpus.readable_trace can rewrite as a long readable trace of at most "
+                    "--max_completion_length tokens is kept. Default: corpus.correct_traces.")
+flags.DEFINE_integer("cold_start_samples", 4, "--cold_start_teacher samples per problem.")
+flags.DEFINE_float("cold_start_temperature", 0.6, "--cold_start_teacher sampling temperature.")
 flags.DEFINE_enum("cold_start_search_order", "random", ["random", "systematic"],
                   "corpus.correct_traces search_order: random misses then a looked-up solution, "
                   "or a real search in corpus.systematic_attempts order up to its first hit.")
@@ -155,6 +165,21 @@ class Policy:
 
   def export(self, path: str, params):
     common.export_policy(path, self.model_config, params, self.tokenizer_dir)
+
+
+def load_policy_dir(path: str, like: Policy, flag: str):
+  """(Policy, params) of an exported policy directory with its own shapes, sharing `like`'s
+  tokenizer (a teacher); `flag` names the flag that gave `path` in errors."""
+  if not os.path.isfile(os.path.join(path, "config.json")):
+    raise FileNotFoundError(f"--{flag}={path}: no config.json there (an exported policy "
+                            "directory, e.g. <workdir>/policy of experiments/r1_zero.py)")
+  config, params = hf.load_hf_checkpoint(path)
+  config = config.replace(dtype=FLAGS.dtype, param_dtype=FLAGS.param_dtype)
+  if config.vocab_size < like.tokenizer.vocab_size:
+    raise ValueError(f"--{flag}={path}: vocabulary of {config.vocab_size} ids is smaller than "
+                     "the policy's tokenizer")
+  params = jax.tree.map(lambda p: p.astype(config.storage_dtype), params)
+  return Policy(config, like.tokenizer, like.tokenizer_dir), params
 
 
 def load_base_policy():
@@ -265,12 +290,16 @@ def run_eval_stage(stage_dir, params, eval_fn) -> dict:
   return mark_done(stage_dir, {"eval": dict(report, step=0)})
 
 
-def cold_start_examples(train) -> list[sft.Example]:
-  """The cold-start traces: --cold_start_data, else corpus.correct_traces of training problems
-  (long, readable, correct Countdown traces: the stand-in for the paper's few thousand
-  human-readable long CoTs)."""
+def cold_start_examples(train, policy: Optional[Policy] = None, task=None,
+                        stage_dir: str = "") -> list[sft.Example]:
+  """The cold-start traces: --cold_start_data; else, with --cold_start_teacher, an R1-Zero
+  policy's right completions rewritten readable (`teacher_cold_start`); else
+  corpus.correct_traces of training problems (long, readable, correct Countdown traces: the
+  stand-in for the paper's few thousand human-readable long CoTs)."""
   if FLAGS.cold_start_data:
     return sft.load_examples(FLAGS.cold_start_data)
+  if FLAGS.cold_start_teacher:
+    return teacher_cold_start(stage_dir, policy, train, reward_fn(task))
   from r1jax import corpus  # pylint: disable=import-outside-toplevel
   problems = train[:FLAGS.cold_start_num_examples]
   pairs = corpus.correct_traces(problems, FLAGS.seed, style=FLAGS.cold_start_style,
@@ -279,6 +308,48 @@ def cold_start_examples(train) -> list[sft.Example]:
   return [sft.Example(prompt, completion, {"question": p.question, "gold": p.answer,
                                            "source": "cold_start"})
           for p, (prompt, completion) in zip(problems, pairs)]
+
+
+def teacher_cold_start(stage_dir: str, policy: Policy, train, score_fn) -> list[sft.Example]:
+  """R1 §2.3.1's cold start from R1-Zero: --cold_start_teacher samples the first
+  --cold_start_num_examples training problems (cached under <stage_dir>/teacher, as rejection
+  sampling caches), and per problem the first right, well-formed completion that
+  corpus.readable_trace rewrites (a search in the compact notation with right arithmetic) and
+  that fits --max_completion_length tokens becomes a trace. Counts go to
+  <stage_dir>/teacher/cold_start_stats.json."""
+  from r1jax import corpus  # pylint: disable=import-outside-toplevel
+  from r1jax.checkpoint import save_json  # pylint: disable=import-outside-toplevel
+  teacher, params = load_policy_dir(FLAGS.cold_start_teacher, policy, "cold_start_teacher")
+  problems = train[:FLAGS.cold_start_num_examples]
+  rcfg = sft.RejectionConfig(min_language_score=0.0, language=FLAGS.language,
+                             max_per_prompt=0)  # every right distinct one; the rewrite picks
+  teacher_dir = os.path.join(stage_dir, "teacher")
+  kept, stats = rejection_sample(teacher_dir, teacher, params, problems, score_fn, rcfg,
+                                 FLAGS.cold_start_samples, FLAGS.cold_start_temperature,
+                                 seed_offset=5)
+  by_question = {p.question: p for p in problems}
+  out, counts, done = [], collections.Counter(), set()
+  for e in kept:
+    question = e.meta["question"]
+    if question in done:
+      continue
+    text = corpus.readable_trace(by_question[question], e.completion)
+    if text is None:
+      counts["not_rewritten"] += 1
+    elif len(policy.tokenizer.encode(text)) > FLAGS.max_completion_length:
+      counts["too_long"] += 1
+    else:
+      done.add(question)
+      out.append(sft.Example(e.prompt, text, dict(e.meta, source="cold_start_teacher")))
+  counts = dict(counts, problems=len(problems), right_samples=len(kept), traces=len(out))
+  os.makedirs(teacher_dir, exist_ok=True)
+  save_json(os.path.join(teacher_dir, "cold_start_stats.json"), dict(counts, teacher=stats))
+  log.info("cold start from %s: %d traces for %d problems (%s)", FLAGS.cold_start_teacher,
+           len(out), len(problems), counts)
+  if not out:
+    raise ValueError(f"--cold_start_teacher={FLAGS.cold_start_teacher}: no right completion "
+                     f"could be rewritten ({counts}); sample more or train the teacher longer")
+  return out
 
 
 def rejection_setup(train, vocab):
@@ -376,7 +447,7 @@ def main(argv):
   # Stage 1 data first: it defines the miniature's target-language vocabulary.
   cold_path = os.path.join(dirs["1_cold_start_sft"], "sft_data.jsonl")
   cold = (sft.load_examples(cold_path) if os.path.exists(cold_path)
-          else cold_start_examples(train))
+          else cold_start_examples(train, policy, task, dirs["1_cold_start_sft"]))
   vocab = language_vocabulary(policy, cold)
   lang_reward = language.register_language_reward(FLAGS.language, vocab)
   plain_score = reward_fn(task)

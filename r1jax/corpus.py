@@ -40,6 +40,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import random
+import re
 from typing import Optional, Sequence
 
 import numpy as np
@@ -405,6 +406,60 @@ def _long_trace(problem: Problem, misses: list[Attempt], hit: Attempt) -> str:
   lines.append(f"Try {steps(hit)}. Check: {target} - {target} = 0, it works.")
   lines.append(f"So {hit.expression} = {target}, using {shown} once each.")
   return " ".join(lines) + _answer(hit.expression)
+
+
+_STEP = re.compile(r"(\d+)([-+*/])(\d+)=(\d+)")
+_COMPACT_ATTEMPT = re.compile(
+    r"(?:try )?(\d+[-+*/]\d+=\d+(?:, \d+[-+*/]\d+=\d+)*), check (\d+)-(\d+)=(\d+): (no|yes)\.")
+
+
+def parse_search(think: str, target: int) -> Optional[list[Attempt]]:
+  """The attempts of a completion in the corpus's compact notation ("9-3=6, 6+5=11, check
+  14-11=3: no. try ...") when the whole text is such attempts and every step and check is
+  right; else None. Attempt.expression is left empty (the notation does not give it)."""
+  text, attempts = think.strip(), []
+  while text:
+    m = _COMPACT_ATTEMPT.match(text)
+    if m is None:
+      return None
+    steps = []
+    for x, op, y, r in _STEP.findall(m.group(1)):
+      x, y, r = int(x), int(y), int(r)
+      if x < y or _apply(op, x, y) != r:
+        return None
+      steps.append((x, op, y, r))
+    value, (hi, lo, diff) = steps[-1][3], map(int, m.group(2, 3, 4))
+    if (hi, lo) != (max(value, target), min(value, target)) or hi - lo != diff or (
+        (m.group(5) == "yes") != (value == target)):
+      return None
+    attempts.append(Attempt(tuple(steps), "", value))
+    text = text[m.end():].lstrip()
+  return attempts
+
+
+def readable_trace(problem: Problem, completion: str,
+                   max_misses: Optional[int] = None) -> Optional[str]:
+  """A completion in the compact notation rewritten as a long, readable trace (the style of
+  `correct_traces(style="long")`): the post-processing that turns DeepSeek-R1-Zero's outputs
+  into readable cold-start data (R1 §2.3.1). Only a completion whose search is parsed whole,
+  whose arithmetic and checks are right, whose last attempt is its only hit and whose answer
+  verifies is rewritten (else None). The last `max_misses` misses are kept (None: all)."""
+  match = re.fullmatch(r"(.*)</think>\s*<answer>(.*?)</answer>\s*", completion, re.S)
+  if match is None:
+    return None
+  think, answer = match.group(1), match.group(2).strip()
+  target = problem.meta["target"]
+  attempts = parse_search(think, target)
+  if not attempts or attempts[-1].value != target or any(
+      a.value == target for a in attempts[:-1]):
+    return None
+  if not verify_equation(answer, problem.meta["numbers"], target):
+    return None
+  misses = attempts[:-1]
+  if max_misses is not None:
+    misses = misses[max(len(misses) - max_misses, 0):]
+  hit = dataclasses.replace(attempts[-1], expression=answer)
+  return _long_trace(problem, misses, hit)
 
 
 def correct_traces(problems: Sequence[Problem], seed: int = 0, style: str = "long",

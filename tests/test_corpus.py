@@ -181,6 +181,46 @@ def test_systematic_correct_traces_are_real_searches(style):
   assert max(counts) == 4 and min(counts) < 4
 
 
+def test_readable_trace_of_a_compact_search_is_the_long_trace_of_the_same_search():
+  """A systematic search in the compact notation, rewritten, is word for word the long trace
+  that correct_traces writes of the same search (same seed: the same attempts)."""
+  problems = get_task("countdown", **{**OPTIONS, "num_train": 100}).split("train", 0)
+  kw = dict(seed=3, max_misses=100, search_order="systematic")
+  short = corpus.correct_traces(problems, style="short", **kw)
+  long = corpus.correct_traces(problems, style="long", **kw)
+  for p, (_, compact), (_, readable) in zip(problems, short, long):
+    assert corpus.readable_trace(p, compact) == readable
+    assert rewards.countdown_reward(PREFIX + readable, p) == 1.0
+  # max_misses keeps the last misses and the hit.
+  p, compact = next((p, c) for p, (_, c) in zip(problems, short) if c.count("check") >= 4)
+  two = corpus.readable_trace(p, compact, max_misses=2)
+  assert two.count("not 0, so try another way") == 2 and two.count("it works") == 1
+  assert two.split(". Try ", 1)[1] in corpus.readable_trace(p, compact)
+
+
+def test_readable_trace_drops_what_it_cannot_vouch_for():
+  p = get_task("countdown", **{**OPTIONS, "num_train": 10}).split("train", 0)[0]
+  numbers, target = p.meta["numbers"], p.meta["target"]
+  hit = corpus.systematic_search(p, random.Random(0))[1]
+  good = " " + corpus._checked(hit, target, first=True) + f"</think> <answer>{hit.expression}</answer>"
+  assert corpus.readable_trace(p, good) is not None
+  x, op, y, r = hit.steps[0]
+  bad_step = good.replace(f"{x}{op}{y}={r}", f"{x}{op}{y}={r + 1}", 1)
+  wrong_check = good.replace(": yes.", ": no.")
+  junk = good.replace("</think>", " hmm.</think>")
+  give_up = good.replace("</think>", " give up.</think>")
+  not_verified = good.replace(f"<answer>{hit.expression}</answer>", "<answer>1+1</answer>")
+  no_tags = good.replace("</think>", "")
+  miss = next(a for a in corpus.all_attempts(tuple(numbers)) if a.value != target)
+  ends_in_a_miss = (" " + corpus._checked(hit, target, True) + " " + corpus._checked(
+      miss, target, False) + f"</think> <answer>{hit.expression}</answer>")
+  for name, text in [("step", bad_step), ("check", wrong_check), ("junk", junk),
+                     ("give up", give_up), ("answer", not_verified), ("tags", no_tags),
+                     ("after the hit", ends_in_a_miss)]:
+    assert corpus.readable_trace(p, text) is None, name
+  assert corpus.parse_search("", target) == []
+
+
 def test_bad_config_is_named():
   with pytest.raises(ValueError, match="continue_prob"):
     corpus.CorpusConfig(continue_prob=1.0)

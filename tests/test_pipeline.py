@@ -114,3 +114,62 @@ def test_r1_pipeline_runs_all_stages_and_resumes(tmp_path):
   after = _snapshot(workdir)
   assert {p for p in after if before.get(p) != after[p]} <= {
       str(workdir / "summary.json"), str(workdir / "summary.md")}
+
+
+_TEACHER_COLD_START = r"""
+import json, sys
+sys.path.insert(0, sys.argv[1] + "/experiments")
+import r1
+from absl import flags
+from r1jax import corpus, sft
+flags.FLAGS(["r1", "--flagfile=" + sys.argv[2], "--cold_start_teacher=/teacher",
+             "--max_completion_length=" + sys.argv[3]])
+policy, _ = r1.load_base_policy()
+task, train, _ = r1.build_task()
+short = {p.question: c for p, (_, c) in zip(train[:8], corpus.correct_traces(
+    train[:8], 0, style="short", search_order="systematic", max_misses=100))}
+size = lambda p: len(policy.tokenizer.encode(corpus.readable_trace(p, short[p.question])))
+p0, p1 = train[:2]
+p2 = next(p for p in train[2:8] if size(p) != size(p0))  # traces of two lengths
+calls = []
+def fake_rejection_sample(stage_dir, teacher, params, problems, score_fn, rcfg, n, t, **kw):
+  calls.append((stage_dir, [p.question for p in problems], n, t, rcfg.max_per_prompt))
+  ex = lambda p, c: sft.Example(p.question + "\n<think>", c, {"question": p.question})
+  bad = short[p1.question].replace(": no.", ": yes.", 1)
+  return [ex(p0, short[p0.question]), ex(p0, short[p0.question] + " "),  # a second one of p0
+          ex(p1, bad), ex(p2, short[p2.question])], {"kept": 4}
+r1.rejection_sample = fake_rejection_sample
+r1.load_policy_dir = lambda path, like, flag: (like, None)
+out = r1.cold_start_examples(train, policy, task, sys.argv[4])
+print(json.dumps({"calls": calls, "questions": [e.meta["question"] for e in out],
+                  "completions": [e.completion for e in out],
+                  "tokens": [len(policy.tokenizer.encode(e.completion)) for e in out],
+                  "expected": [corpus.readable_trace(p, short[p.question]) for p in (p0, p2)],
+                  "stats": json.load(open(sys.argv[4] + "/teacher/cold_start_stats.json"))}))
+"""
+
+
+def test_cold_start_from_a_teacher_keeps_one_rewritten_trace_per_problem(tmp_path):
+  """--cold_start_teacher: the teacher's right completions (faked here: a random tiny teacher
+  answers nothing right) become one readable trace per problem; a completion whose checks are
+  wrong is not rewritten, and one over --max_completion_length tokens is dropped."""
+  flagfile = tmp_path / "r1.flags"
+  flagfile.write_text(FLAGS.replace("--cold_start_num_examples=16", "--cold_start_num_examples=8"))
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+
+  def run(max_len):
+    stage = tmp_path / f"stage{max_len}"
+    proc = subprocess.run([sys.executable, "-c", _TEACHER_COLD_START, ROOT, str(flagfile),
+                           str(max_len), str(stage)], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+  out = run(4000)
+  (stage_dir, questions, n, temperature, cap), = out["calls"]
+  assert stage_dir.endswith("teacher") and len(questions) == 8 and (n, temperature, cap) == (4, 0.6, 0)
+  assert out["questions"][0] == questions[0] and len(out["questions"]) == 2
+  assert out["completions"] == out["expected"]
+  assert out["stats"]["traces"] == 2 and out["stats"]["not_rewritten"] == 1
+  out = run(min(out["tokens"]))  # the longer trace is now over the limit
+  assert len(out["completions"]) == 1 and out["stats"]["too_long"] == 1
