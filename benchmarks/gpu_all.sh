@@ -73,6 +73,7 @@ fi
 R1_DIR=${R1_DIR:-$ROOT_B/r1_gpu}  # R1_FLAGFILE (r1_gpu.sh) picks the pipeline's flagfile
 DISTILL_DIR=$ROOT_B/distill_gpu
 DISTILL_R1_ZERO_DIR=$ROOT_B/distill_r1_zero_gpu
+R1_ZERO_POLICY=$ROOT_A/seed=0/policy  # the teacher of distill_r1_zero (exported by the seeds)
 # The directories of this script, for the two it runs.
 A_DIRS=(BASE="$MEDIUM" ROOT="$ROOT_A")
 B_DIRS=(ROOT="$ROOT_B" MEDIUM="$MEDIUM" SMALL_BASE="$SMALL_BASE" R1_DIR="$R1_DIR")
@@ -169,12 +170,13 @@ job_distill() {  # distillation of the R1 policy vs. RL on the small student
 }
 job_distill_r1_zero() {  # distillation of the R1-Zero policy (seed 0) vs. RL on the small student
   [[ -f $DISTILL_R1_ZERO_DIR/table.md ]] && return
-  [[ -f $ROOT_A/seed=0/policy/config.json ]] || {
+  [[ -f $R1_ZERO_POLICY/config.json ]] || {
     say "distillation from R1-Zero waits for seed 0's final policy"; return; }
   ready "$SMALL_BASE" || { say "distillation waits for the small base"; return; }
   (( $(left) > 60 )) || return 0
   say "distillation from R1-Zero vs. RL, $(left) s"
-  env "${B_DIRS[@]}" TEACHER=r1_zero STAGE=distill DISTILL_TIME_S=$(left) OUT=$OUT_B \
+  env "${B_DIRS[@]}" TEACHER=r1_zero R1_ZERO_POLICY="$R1_ZERO_POLICY" STAGE=distill \
+    DISTILL_TIME_S=$(left) OUT=$OUT_B \
     bash benchmarks/r1_gpu.sh "${SMALL[@]}" >> "$OUT_B/track.log" 2>&1 \
     || say "distill_r1_zero: exit $?"
 }

@@ -18,8 +18,8 @@
 #
 # Environment (all optional): STAGE=all|small_base|r1|distill, TEACHER (of the distillation: r1,
 # the R1 pipeline's final policy with distill_gpu.flags, the default; or r1_zero, the final
-# policy of seed 0 of benchmarks/r1_zero_gpu.sh beside MEDIUM, with distill_r1_zero_gpu.flags,
-# into $ROOT/distill_r1_zero_gpu), R1_TIME_S and DISTILL_TIME_S (guards:
+# policy R1_ZERO_POLICY, by default that of seed 0 of benchmarks/r1_zero_gpu.sh beside MEDIUM,
+# with distill_r1_zero_gpu.flags, into $ROOT/distill_r1_zero_gpu), R1_TIME_S and DISTILL_TIME_S (guards:
 # the stage is interrupted there; both scripts resume from their checkpoints when run again),
 # SMALL_PRETRAIN_TIME_S, SMALL_MEM_FRACTION, ROOT, MEDIUM, SMALL_BASE and R1_DIR (directories;
 # R1_DIR defaults to $ROOT/r1_gpu), R1_FLAGFILE (default experiments/configs/r1_gpu.flags; e.g.
@@ -87,7 +87,8 @@ case $TEACHER in
   r1_zero)
     DISTILL_DIR=$ROOT/distill_r1_zero_gpu
     DISTILL_FLAGFILE=experiments/configs/distill_r1_zero_gpu.flags
-    TEACHER_POLICY=$(dirname "$MEDIUM")/seed=0/policy; TEACHER_DONE=$TEACHER_POLICY/config.json
+    TEACHER_POLICY=${R1_ZERO_POLICY:-$(dirname "$MEDIUM")/seed=0/policy}
+    TEACHER_DONE=$TEACHER_POLICY/config.json
     TEACHER_ARGS=(); TABLE=distill_r1_zero_table.md; RESULTS=results_r1_zero.tar.gz;;
   *) echo "TEACHER=$TEACHER: expected r1 or r1_zero" >&2; exit 2;;
 esac

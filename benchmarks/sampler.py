@@ -20,8 +20,8 @@ fixed shapes.
   python benchmarks/sampler.py --small   # CPU, tiny preset, seconds
 
 `--check` also checks the sampler's numbers on this device, after the timings of each batch:
-(1) with `--attention ragged`, `model.ragged_decode_attention` against a plain masked softmax
-in float32 on random normal q, k, v of the preset's shapes and random [start, end) ranges
+(1) with `--attention ragged`, `model.ragged_decode_attention` against `model.attend` (the
+whole-cache attention) in float32 on random normal q, k, v of the preset's shapes and random [start, end) ranges
 (error over the reference's largest entry; a wrong kernel is off by order 1); (2) the log-prob
 the sampler returned for each generated token against a full forward pass over the prompt and
 the completion (`model.sequence_log_probs`, no cache). It exits with status 1 when (1) exceeds
@@ -93,8 +93,9 @@ KERNEL_TOLERANCE = {"bfloat16": 3e-2, "float16": 5e-3, "float32": 1e-4}
 
 
 def check_ragged_kernel(config, rows: int, slots: int, dtype, seed: int = 0) -> float:
-  """Error of model.ragged_decode_attention against a masked softmax in float32, over the
-  reference's largest entry, on random normal inputs: q [R,N,G,K], k, v [R,N,S,K]."""
+  """Error of model.ragged_decode_attention against model.attend (the whole-cache attention,
+  in float32 at full matmul precision), over the reference's largest entry, on random normal
+  inputs: q [R,N,G,K], k, v [R,N,S,K] and random [start, end) per row."""
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   from r1jax import model  # pylint: disable=import-outside-toplevel
@@ -107,13 +108,13 @@ def check_ragged_kernel(config, rows: int, slots: int, dtype, seed: int = 0) -> 
   start = jax.random.randint(ks, (rows,), 0, s // 2)
   end = jnp.minimum(start + 1 + jax.random.randint(ke, (rows,), 0, s), s)
   got = jax.jit(model.ragged_decode_attention)(q, ck, cv, start, end).astype(jnp.float32)
-  f32 = lambda x: x.astype(jnp.float32)  # noqa: E731
-  scores = jnp.einsum("rngk,rnsk->rngs", f32(q), f32(ck), precision="highest") * k ** -0.5
   slot = jnp.arange(s)
-  valid = (slot >= start[:, None]) & (slot < end[:, None])
-  scores = jnp.where(valid[:, None, None, :], scores, -jnp.inf)
-  want = jnp.einsum("rngs,rnsk->rngk", jax.nn.softmax(scores, axis=-1), f32(cv),
-                    precision="highest")
+  valid = (slot >= start[:, None]) & (slot < end[:, None])  # [R,S]
+  f32 = lambda x: x.astype(jnp.float32)  # noqa: E731
+  with jax.default_matmul_precision("highest"):
+    want = model.attend(f32(q).reshape(rows, 1, n * g, k), f32(ck).swapaxes(1, 2),
+                        f32(cv).swapaxes(1, 2), valid[:, None, None, None, :])
+  want = want.reshape(rows, n, g, k)
   return float(jnp.max(jnp.abs(got - want)) / jnp.max(jnp.abs(want)))
 
 
@@ -124,13 +125,13 @@ def logprob_errors(params, config, out, rows_per_call: int = 8) -> tuple[float, 
   import numpy as np  # pylint: disable=import-outside-toplevel
   from r1jax import model  # pylint: disable=import-outside-toplevel
   p = out.prompt_tokens.shape[1]
-  score = jax.jit(lambda t, m: model.sequence_log_probs(params, t, m, config, chunk_size=128)[0])
+  score = jax.jit(lambda w, t, m: model.sequence_log_probs(w, t, m, config, chunk_size=128)[0])
   diffs = []
   for i in range(0, out.tokens.shape[0], rows_per_call):
     rows = slice(i, i + rows_per_call)
     tokens = jnp.concatenate([out.prompt_tokens[rows], out.tokens[rows]], axis=1)
     mask = jnp.concatenate([out.prompt_mask[rows], out.mask[rows]], axis=1)
-    want = np.asarray(score(tokens, mask))[:, p - 1:]
+    want = np.asarray(score(params, tokens, mask))[:, p - 1:]  # params an argument, not constants
     got, valid = np.asarray(out.log_probs[rows]), np.asarray(out.mask[rows])
     diffs.append(np.abs(got - want)[valid])
   d = np.concatenate(diffs)
