@@ -27,8 +27,9 @@
 #
 # Environment (optional): ORDER (the jobs after the bases, default "seeds ablations r1 distill"),
 # DEADLINE_S (550), GRACE_S (60), PARALLEL (3), COMPILE_CACHE, CHOOSE_SAMPLER=1 (step 1b below),
-# ABLATION_GRID (default loss_type=dr_grpo,dapo; empty: none), ABLATION_STEPS (50), R1_FLAGS
-# (default: 80 reasoning-RL steps and 40 final ones), ALLOW_PARTIAL_BASE=1 (train on a base
+# ABLATION_GRID (default loss_type=dr_grpo,dapo; empty: none), ABLATION_STEPS (40), R1_FLAGS
+# (default: 80 reasoning-RL steps and 40 final ones), BASE_PASS1_MAX (step 1 below),
+# ALLOW_PARTIAL_BASE=1 (train on a base
 # whose pretraining stopped early; by default the queue stops there, and the next run of the
 # script continues the pretraining),
 # RUNS (the folder of every run directory; default runs).
@@ -56,7 +57,7 @@ DEADLINE_S=${DEADLINE_S:-550}
 GRACE_S=${GRACE_S:-60}
 PARALLEL=${PARALLEL:-3}
 ABLATION_GRID=${ABLATION_GRID-loss_type=dr_grpo,dapo}
-ABLATION_STEPS=${ABLATION_STEPS:-50}
+ABLATION_STEPS=${ABLATION_STEPS:-40}
 R1_FLAGS=${R1_FLAGS:---max_steps=80 --final_rl_max_steps=40 --eval_steps=40}
 SEEDS=${SEEDS:-"0 1 2"}
 RUNS=${RUNS:-runs}  # every directory below lives here
@@ -125,6 +126,18 @@ ready() {
 if ! ready "$MEDIUM"; then
   say "no usable medium base yet: nothing trains from it in this run"
   STOPPED=3
+fi
+# BASE_PASS1_MAX (optional): stop before the jobs when the medium base's own held-out pass@1
+# (its README) is above it, e.g. 0.20 for issue 4's "from at most 20%".
+if [[ -n ${BASE_PASS1_MAX:-} && ${STOPPED:-0} == 0 ]]; then
+  base_pass1=$(sed -n 's/^| held-out pass@1 | \([0-9.]*\).*/\1/p' "$MEDIUM/README.md")
+  if [[ -z $base_pass1 ]] || awk -v a="$base_pass1" -v b="$BASE_PASS1_MAX" 'BEGIN { exit !(a > b) }'; then
+    say "the medium base's held-out pass@1 '${base_pass1}' is not at most BASE_PASS1_MAX=$BASE_PASS1_MAX:"
+    say "no job trains from it (remove $MEDIUM to pretrain another)"
+    STOPPED=4
+  else
+    say "the medium base's held-out pass@1: $base_pass1 (BASE_PASS1_MAX=$BASE_PASS1_MAX)"
+  fi
 fi
 
 # 1b. With CHOOSE_SAMPLER=1 (and R1JAX_SAMPLER_XLA_OPTIONS unset), the sampler's XLA options for
