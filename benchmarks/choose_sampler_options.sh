@@ -15,8 +15,12 @@
 # GEMMs (the library's default until 2026-12-02). XLA's defaults ('', autotuned Triton GEMMs)
 # sampled corrupted text on an H200 on 2026-12-01, so they are tried only when named. The check
 # is made on CHECKPOINT's evaluation; a run's own held-out evaluations keep checking it.
+# A candidate may name the decode attention too: an item `attention=ragged` in its comma list
+# (e.g. `attention=ragged`, or `attention=ragged,xla_gpu_autotune_level=0`) evaluates and times
+# the sampler with R1JAX_SAMPLER_ATTENTION=ragged and the other items as its XLA options (none:
+# the library's own options).
 #
-#   export R1JAX_SAMPLER_XLA_OPTIONS=$(cat CHOICE_FILE)   # unless it reads "default"
+#   source benchmarks/sampler_choice.sh && export_choice CHOICE_FILE   # exports what it names
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CKPT=${1:?usage: choose_sampler_options.sh CHECKPOINT CHOICE_FILE [CANDIDATE...]}
@@ -36,14 +40,18 @@ if [[ -f $CHOICE ]]; then
 fi
 unset R1JAX_SAMPLER_XLA_OPTIONS
 rows=$(mktemp)
+unset R1JAX_SAMPLER_ATTENTION
+source benchmarks/sampler_choice.sh  # split_choice
 for opts in default "${CANDIDATES[@]}"; do
+  split_choice "$opts"  # -> ATTENTION, XLA_OPTS (default: the library's own options)
   # concurrent_eval's row: XLA_FLAGS | options | process | pass@1 | format | length | trunc | s
-  ev=$("$PY" benchmarks/concurrent_eval.py --checkpoint "$CKPT" --processes 1 "${EVAL[@]}" \
-       --sampler_options="$opts" 2>&1 | grep -E '^- \| ' | tail -1 || true)
-  env_opts=(); [[ $opts != default ]] && env_opts=(R1JAX_SAMPLER_XLA_OPTIONS="$opts")
+  ev=$(R1JAX_SAMPLER_ATTENTION=$ATTENTION "$PY" benchmarks/concurrent_eval.py \
+       --checkpoint "$CKPT" --processes 1 "${EVAL[@]}" --sampler_options="$XLA_OPTS" 2>&1 \
+       | grep -E '^- \| ' | tail -1 || true)
+  env_opts=(); [[ $XLA_OPTS != default ]] && env_opts=(R1JAX_SAMPLER_XLA_OPTIONS="$XLA_OPTS")
   # sampler.py's row: batch | tok/s | ms/step | ...
-  sp=$(env "${env_opts[@]}" "$PY" benchmarks/sampler.py "${SPEED[@]}" 2>&1 \
-       | grep -E '^[0-9]+ \| ' | tail -1 || true)
+  sp=$(env "${env_opts[@]}" "$PY" benchmarks/sampler.py "${SPEED[@]}" --attention "$ATTENTION" \
+       2>&1 | grep -E '^[0-9]+ \| ' | tail -1 || true)
   pass=$(awk -F' \\| ' '{print $4}' <<< "$ev"); fmt=$(awk -F' \\| ' '{print $5}' <<< "$ev")
   ms=$(awk -F' \\| ' '{print $3}' <<< "$sp")
   printf '%s\t%s\t%s\t%s\n' "$opts" "${pass:-error}" "${fmt:-error}" "${ms:-error}" \

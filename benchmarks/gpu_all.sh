@@ -26,7 +26,8 @@
 # step and saves it (checkpoint.StopAtStepBoundary).
 #
 # Environment (optional): ORDER (the jobs after the bases, default "seeds ablations r1 distill"),
-# DEADLINE_S (550), GRACE_S (60), PARALLEL (3), COMPILE_CACHE, CHOOSE_SAMPLER=1 (step 1b below),
+# DEADLINE_S (550), GRACE_S (60), PARALLEL (3), COMPILE_CACHE, CHOOSE_SAMPLER=1 and
+# SAMPLER_CANDIDATES (step 1b below),
 # ABLATION_GRID (default loss_type=dr_grpo,dapo; empty: none), ABLATION_STEPS (40), R1_FLAGS
 # (default: 80 reasoning-RL steps and 40 final ones), BASE_PASS1_MAX (step 1 below),
 # ALLOW_PARTIAL_BASE=1 (train on a base
@@ -140,19 +141,26 @@ if [[ -n ${BASE_PASS1_MAX:-} && ${STOPPED:-0} == 0 ]]; then
   fi
 fi
 
-# 1b. With CHOOSE_SAMPLER=1 (and R1JAX_SAMPLER_XLA_OPTIONS unset), the sampler's XLA options for
-# this machine: the fastest sound one on the medium base (benchmarks/choose_sampler_options.sh),
-# chosen once and kept in $RUNS/sampler_options.txt for the later runs of this script.
+# 1b. With CHOOSE_SAMPLER=1 (and neither R1JAX_SAMPLER_XLA_OPTIONS nor R1JAX_SAMPLER_ATTENTION
+# set), the sampler's setting for this machine: the fastest sound one of SAMPLER_CANDIDATES
+# (default: choose_sampler_options.sh's own) on the medium base
+# (benchmarks/choose_sampler_options.sh), chosen once and kept in $RUNS/sampler_options.txt for
+# the later runs of this script; e.g. SAMPLER_CANDIDATES=attention=ragged tries the ragged decode
+# attention against the default.
 CHOICE=$RUNS/sampler_options.txt
-if [[ ${CHOOSE_SAMPLER:-0} == 1 && -z ${R1JAX_SAMPLER_XLA_OPTIONS+x} && ${STOPPED:-0} == 0 ]]; then
-  say "choosing the sampler's XLA options"
+if [[ ${CHOOSE_SAMPLER:-0} == 1 && -z ${R1JAX_SAMPLER_XLA_OPTIONS+x} \
+      && -z ${R1JAX_SAMPLER_ATTENTION+x} && ${STOPPED:-0} == 0 ]]; then
+  say "choosing the sampler's setting"
   CHOOSE_ENV=(); (( ${#SMALL[@]} )) && CHOOSE_ENV=(SPEED_ARGS=--small EVAL_ARGS=--small)
-  env "${CHOOSE_ENV[@]}" bash benchmarks/choose_sampler_options.sh "$MEDIUM" "$CHOICE" 2>&1 \
-    | tee "$OUT_A/sampler_options.log" || say "choose_sampler_options: exit $?"
+  read -r -a CANDIDATE_ARR <<< "${SAMPLER_CANDIDATES:-}"
+  env "${CHOOSE_ENV[@]}" bash benchmarks/choose_sampler_options.sh "$MEDIUM" "$CHOICE" \
+    "${CANDIDATE_ARR[@]}" 2>&1 | tee "$OUT_A/sampler_options.log" \
+    || say "choose_sampler_options: exit $?"
 fi
-if [[ -z ${R1JAX_SAMPLER_XLA_OPTIONS+x} && -f $CHOICE && $(cat "$CHOICE") != default ]]; then
-  export R1JAX_SAMPLER_XLA_OPTIONS=$(cat "$CHOICE")
-  say "sampler options (from $CHOICE): '$R1JAX_SAMPLER_XLA_OPTIONS'"
+if [[ -z ${R1JAX_SAMPLER_XLA_OPTIONS+x} && -z ${R1JAX_SAMPLER_ATTENTION+x} && -f $CHOICE ]]; then
+  source benchmarks/sampler_choice.sh && export_choice "$CHOICE"
+  say "sampler setting (from $CHOICE): '$(cat "$CHOICE")': attention $R1JAX_SAMPLER_ATTENTION," \
+      "XLA options '${R1JAX_SAMPLER_XLA_OPTIONS-the library default}'"
 fi
 
 # 2. The jobs, in ORDER.

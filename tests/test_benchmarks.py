@@ -156,8 +156,9 @@ def _fake_finished_queue(runs):
 
 def _gpu_all(tmp_path, **env):
   import subprocess  # pylint: disable=import-outside-toplevel
-  env = dict(os.environ, RUNS=str(tmp_path / "runs"), OUT=str(tmp_path / "out"),
-             ABLATION_GRID="", PYTHON=sys.executable, **env)
+  env = dict({k: v for k, v in os.environ.items() if not k.startswith("R1JAX_SAMPLER_")},
+             RUNS=str(tmp_path / "runs"), OUT=str(tmp_path / "out"), ABLATION_GRID="",
+             PYTHON=sys.executable, **env)
   return subprocess.run(["bash", os.path.join(BENCHMARKS, "gpu_all.sh"), "--small"], env=env,
                         capture_output=True, text=True, timeout=300)
 
@@ -202,6 +203,60 @@ def test_gpu_queue_distills_from_r1_zero_only_with_its_policy(tmp_path):
   open(os.path.join(runs, "r1_gpu_small", "distill_r1_zero_gpu", "table.md"), "w").write("| b |\n")
   result = _gpu_all(tmp_path, ORDER="seeds distill_r1_zero")
   assert result.returncode == 0 and "distillation" not in result.stdout, result.stdout[-3000:]
+
+
+def test_gpu_queue_stops_at_a_base_above_base_pass1_max(tmp_path):
+  """BASE_PASS1_MAX: a base whose own held-out pass@1 is above it trains nothing (exit 4); at or
+  below it the queue goes on."""
+  runs = str(tmp_path / "runs")
+  _fake_finished_queue(runs)
+  readme = os.path.join(runs, "r1_zero_gpu_small", "base", "README.md")
+  with open(readme, "a") as f:
+    f.write("| held-out pass@1 | 0.218 (128 test problems x 16 samples, T=0.6) |\n")
+  result = _gpu_all(tmp_path, BASE_PASS1_MAX="0.20")
+  assert result.returncode == 4, result.stdout[-3000:] + result.stderr[-3000:]
+  assert "pass@1 '0.218' is not at most BASE_PASS1_MAX=0.20" in result.stdout
+  result = _gpu_all(tmp_path, BASE_PASS1_MAX="0.22")
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  assert "held-out pass@1: 0.218 (BASE_PASS1_MAX=0.22)" in result.stdout
+
+
+def _split_choice(setting):
+  import subprocess  # pylint: disable=import-outside-toplevel
+  script = (f"source {os.path.join(BENCHMARKS, 'sampler_choice.sh')}; "
+            'split_choice "$1" || exit $?; echo "$ATTENTION|$XLA_OPTS"')
+  result = subprocess.run(["bash", "-c", script, "-", setting], capture_output=True, text=True,
+                          timeout=60)
+  return result.returncode, result.stdout.strip(), result.stderr
+
+
+@pytest.mark.parametrize("setting, want", [
+    ("default", "xla|default"),
+    ("", "xla|"),  # XLA's own defaults, not the library's
+    ("attention=ragged", "ragged|default"),
+    ("attention=ragged,xla_gpu_autotune_level=0,a=1", "ragged|xla_gpu_autotune_level=0,a=1"),
+    ("xla_gpu_autotune_level=0", "xla|xla_gpu_autotune_level=0"),
+])
+def test_sampler_choice_splits_attention_from_xla_options(setting, want):
+  assert _split_choice(setting)[:2] == (0, want)
+
+
+def test_sampler_choice_names_a_bad_attention():
+  rc, _, err = _split_choice("attention=flash")
+  assert rc == 2 and "attention=flash (expected attention=xla or attention=ragged)" in err
+
+
+def test_gpu_queue_exports_the_chosen_sampler_setting(tmp_path):
+  """A choice file in RUNS (choose_sampler_options.sh's) sets the jobs' sampler: attention and
+  XLA options, as the queue's log says."""
+  runs = str(tmp_path / "runs")
+  _fake_finished_queue(runs)
+  with open(os.path.join(runs, "sampler_options.txt"), "w") as f:
+    f.write("attention=ragged")
+  result = _gpu_all(tmp_path)
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  assert ("'attention=ragged': attention ragged, XLA options 'the library default'"
+          in result.stdout)
 
 
 def test_r1_gpu_names_an_unknown_teacher(tmp_path):
@@ -283,12 +338,33 @@ def test_logprob_errors_sees_wrong_log_probs():
 
 
 @pytest.mark.bench
-def test_sampler_variants_small_runs_and_checks_every_variant():
+def test_sampler_variants_small_runs_and_checks_every_variant(tmp_path):
   import subprocess  # pylint: disable=import-outside-toplevel
   result = subprocess.run(["bash", os.path.join(BENCHMARKS, "sampler_variants.sh"), "--small"],
-                          env=dict(os.environ, PYTHON=sys.executable), capture_output=True,
-                          text=True, timeout=600)
+                          env=dict(os.environ, PYTHON=sys.executable, OUT=str(tmp_path)),
+                          capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
   assert result.stdout.count("\n== small: ") + result.stdout.startswith("== small: ") == 4
   assert result.stdout.count("ragged kernel vs float32 softmax") == 6  # 3 ragged variants x 2
   assert "FAILED" not in result.stdout and "WRONG" not in result.stdout
+  log = (tmp_path / "sampler_variants.log").read_text()  # the whole output, kept in OUT
+  assert log.count("ragged kernel vs float32 softmax") == 6 and log.count("== small: ") == 4
+
+
+@pytest.mark.bench
+def test_choose_sampler_options_tries_the_ragged_attention(tmp_path):
+  """choose_sampler_options.sh with the candidate attention=ragged: evaluated and timed with the
+  ragged decode attention, sound on the committed tiny base (same pass@1 and format rate as the
+  default's), and a choice is written."""
+  import subprocess  # pylint: disable=import-outside-toplevel
+  repo = os.path.dirname(BENCHMARKS)
+  env = dict({k: v for k, v in os.environ.items() if not k.startswith("R1JAX_SAMPLER_")},
+             PYTHON=sys.executable, SPEED_ARGS="--small", EVAL_ARGS="--small")
+  result = subprocess.run(
+      ["bash", os.path.join(BENCHMARKS, "choose_sampler_options.sh"),
+       os.path.join(repo, "checkpoints", "countdown_base_tiny"), str(tmp_path / "choice"),
+       "attention=ragged"], env=env, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  row = [ln for ln in result.stdout.splitlines() if ln.startswith("attention=ragged | ")]
+  assert len(row) == 1 and row[0].endswith("| yes"), result.stdout
+  assert (tmp_path / "choice").read_text() in ("default", "attention=ragged")
