@@ -113,6 +113,11 @@ def setup_logging():
   from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel
   absl_logging.set_verbosity(absl_logging.WARNING)
   logging.getLogger("r1jax").setLevel(logging.INFO)
+  # The sampler's setting comes from the environment (benchmarks/sampler_choice.sh): say which.
+  from r1jax import sampling  # pylint: disable=import-outside-toplevel
+  logging.getLogger("r1jax").info(
+      "sampler: attention %s (R1JAX_SAMPLER_ATTENTION), XLA options %s",
+      sampling.SamplingConfig(max_new_tokens=1).attention, sampling.COMPILER_OPTIONS)
 
 
 def parse_task_options(items) -> dict:
