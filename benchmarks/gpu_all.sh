@@ -75,7 +75,9 @@ fi
 R1_DIR=${R1_DIR:-$ROOT_B/r1_gpu}  # R1_FLAGFILE (r1_gpu.sh) picks the pipeline's flagfile
 DISTILL_DIR=$ROOT_B/distill_gpu
 DISTILL_R1_ZERO_DIR=$ROOT_B/distill_r1_zero_gpu
-R1_ZERO_POLICY=$ROOT_A/seed=0/policy  # the teacher of distill_r1_zero (exported by the seeds)
+# The teacher of distill_r1_zero: seed 0's exported policy, or R1_ZERO_POLICY (e.g. a copy that
+# benchmarks/pack_policy.py brought back from an earlier session and the call carries).
+R1_ZERO_POLICY=${R1_ZERO_POLICY:-$ROOT_A/seed=0/policy}
 # The directories of this script, for the two it runs.
 A_DIRS=(BASE="$MEDIUM" ROOT="$ROOT_A")
 B_DIRS=(ROOT="$ROOT_B" MEDIUM="$MEDIUM" SMALL_BASE="$SMALL_BASE" R1_DIR="$R1_DIR")

@@ -368,3 +368,26 @@ def test_choose_sampler_options_tries_the_ragged_attention(tmp_path):
   row = [ln for ln in result.stdout.splitlines() if ln.startswith("attention=ragged | ")]
   assert len(row) == 1 and row[0].endswith("| yes"), result.stdout
   assert (tmp_path / "choice").read_text() in ("default", "attention=ragged")
+
+
+def test_pack_policy_shards_rounds_and_checks(tmp_path, capsys):
+  """benchmarks/pack_policy.py: a bfloat16 copy in shards under the size limit whose logits stay
+  near the original's; a float32 copy is exact; a tolerance of 0 fails the rounded copy; a
+  destination that holds a policy is refused."""
+  import pack_policy  # pylint: disable=import-outside-toplevel
+  from r1jax import hf  # pylint: disable=import-outside-toplevel
+  src = os.path.join(os.path.dirname(BENCHMARKS), "checkpoints", "countdown_base_tiny")
+  assert pack_policy.main([src, str(tmp_path / "bf16"), "--max_shard_mib=0.5"]) == 0
+  shards = [f for f in os.listdir(tmp_path / "bf16") if f.endswith(".safetensors")]
+  assert len(shards) >= 2
+  assert all(os.path.getsize(tmp_path / "bf16" / f) <= 0.5 * 2**20 for f in shards)
+  config, params = hf.load_hf_checkpoint(str(tmp_path / "bf16"))
+  assert config.param_dtype == "bfloat16"
+  assert str(params["embed"].dtype) == "bfloat16"
+  assert pack_policy.main([src, str(tmp_path / "f32"), "--dtype=float32"]) == 0
+  assert "= 0.00e+00" in capsys.readouterr().out
+  assert pack_policy.main([src, str(tmp_path / "strict"), "--tolerance=0"]) == 1
+  assert "TOO LARGE" in capsys.readouterr().out
+  with pytest.raises(SystemExit):
+    pack_policy.main([src, str(tmp_path / "bf16")])
+  assert "already holds a policy" in capsys.readouterr().err
