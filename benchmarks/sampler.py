@@ -148,7 +148,7 @@ def main(argv=None):
 
   from r1jax import model  # pylint: disable=import-outside-toplevel
   from r1jax.config import get_config  # pylint: disable=import-outside-toplevel
-  from r1jax.sampling import SamplingConfig, generate  # pylint: disable=import-outside-toplevel
+  from r1jax.sampling import COMPILER_OPTIONS, SamplingConfig, generate  # pylint: disable=import-outside-toplevel
 
   config = get_config(args.preset, dtype=args.dtype, param_dtype=args.dtype)
   params = jax.jit(lambda k: model.init_params(config, k))(jax.random.PRNGKey(0))
@@ -163,7 +163,7 @@ def main(argv=None):
   print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), preset {args.preset}, "
         f"{config.num_params() / 1e6:.1f}M params, dtype {args.dtype}, P={p}, N={n}, "
         f"temperature={args.temperature}, top_k={args.top_k}, top_p={args.top_p}, "
-        f"attention={args.attention}")
+        f"attention={args.attention}, sampler XLA options {COMPILER_OPTIONS or '{}'}")
   print(f"measured copy bandwidth: {bandwidth / 1e9:.1f} GB/s; weights read per step: "
         f"{weight_bytes / 1e6:.1f} MB")
   failures = 0

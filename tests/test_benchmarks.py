@@ -344,11 +344,11 @@ def test_sampler_variants_small_runs_and_checks_every_variant(tmp_path):
                           env=dict(os.environ, PYTHON=sys.executable, OUT=str(tmp_path)),
                           capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-  assert result.stdout.count("\n== small: ") + result.stdout.startswith("== small: ") == 4
-  assert result.stdout.count("ragged kernel vs float32 softmax") == 6  # 3 ragged variants x 2
+  assert result.stdout.count("\n== small: ") + result.stdout.startswith("== small: ") == 5
+  assert result.stdout.count("ragged kernel vs float32 softmax") == 8  # 4 ragged variants x 2
   assert "FAILED" not in result.stdout and "WRONG" not in result.stdout
   log = (tmp_path / "sampler_variants.log").read_text()  # the whole output, kept in OUT
-  assert log.count("ragged kernel vs float32 softmax") == 6 and log.count("== small: ") == 4
+  assert log.count("ragged kernel vs float32 softmax") == 8 and log.count("== small: ") == 5
 
 
 @pytest.mark.bench
