@@ -29,7 +29,8 @@
 # DEADLINE_S (550), GRACE_S (60), PARALLEL (3), COMPILE_CACHE, CHOOSE_SAMPLER=1 and
 # SAMPLER_CANDIDATES (step 1b below),
 # ABLATION_GRID (default loss_type=dr_grpo,dapo; empty: none), ABLATION_STEPS (40), R1_FLAGS
-# (default: 80 reasoning-RL steps and 40 final ones), BASE_PASS1_MAX (step 1 below),
+# (default: 80 reasoning-RL steps and 40 final ones), BASE_PASS1_MAX and PRETRAIN_STEPS_LIST
+# (step 1 below),
 # ALLOW_PARTIAL_BASE=1 (train on a base
 # whose pretraining stopped early; by default the queue stops there, and the next run of the
 # script continues the pretraining),
@@ -102,13 +103,44 @@ PY
 partial() { grep -qE "stopped (by --time_limit_s|early)" "$1/README.md" 2>/dev/null; }
 unfinished() { [[ ! -f $1/config.json ]] || partial "$1"; }
 
-# 1. The bases (each stops training 60 s before the guard, leaving time for its evaluation); the
-# small one only when distillation is queued.
-if unfinished "$MEDIUM" && (( $(left) > 120 )); then
-  say "pretraining the medium base"
-  env "${A_DIRS[@]}" STAGE=pretrain PRETRAIN_TIME_S=$(( $(left) - 60 )) OUT=$OUT_A \
-    bash benchmarks/r1_zero_gpu.sh "${SMALL[@]}" > "$OUT_A/pretrain.log" 2>&1 \
+# base_pass1: the medium base's own held-out pass@1 (its README), empty if none.
+base_pass1() { sed -n 's/^| held-out pass@1 | \([0-9.]*\).*/\1/p' "$MEDIUM/README.md" 2>/dev/null; }
+# over_max: BASE_PASS1_MAX is set and the medium base's pass@1 is above it (or unknown).
+over_max() {
+  [[ -n ${BASE_PASS1_MAX:-} ]] || return 1
+  local p; p=$(base_pass1)
+  [[ -z $p ]] || awk -v a="$p" -v b="$BASE_PASS1_MAX" 'BEGIN { exit !(a > b) }'
+}
+pretrain_medium() {  # [STEPS]: pretrains (or continues) the medium base, STEPS steps if given
+  local steps=(); [[ -n ${1:-} ]] && steps=(PRETRAIN_STEPS="$1")
+  say "pretraining the medium base${1:+ ($1 steps)}"
+  env "${A_DIRS[@]}" "${steps[@]}" STAGE=pretrain PRETRAIN_TIME_S=$(( $(left) - 60 )) \
+    OUT=$OUT_A bash benchmarks/r1_zero_gpu.sh "${SMALL[@]}" >> "$OUT_A/pretrain.log" 2>&1 \
     || say "medium base: exit $?"
+}
+
+# 1. The bases (each stops training 60 s before the guard, leaving time for its evaluation); the
+# small one only when distillation is queued. With PRETRAIN_STEPS_LIST (e.g. "4000 3500") and
+# BASE_PASS1_MAX, a finished medium base over BASE_PASS1_MAX is moved aside to
+# ${MEDIUM}_over_max_<steps> and the next length of the list is pretrained, in the same call
+# if time is left; a length whose base was moved aside is not tried again.
+if [[ -n ${PRETRAIN_STEPS_LIST:-} ]]; then
+  read -r -a STEPS_LIST <<< "$PRETRAIN_STEPS_LIST"
+  for i in "${!STEPS_LIST[@]}"; do
+    steps=${STEPS_LIST[$i]}
+    [[ -e ${MEDIUM}_over_max_$steps ]] && continue
+    if unfinished "$MEDIUM"; then
+      (( $(left) > 120 )) || break
+      pretrain_medium "$steps"
+    fi
+    unfinished "$MEDIUM" && break  # cut short: the next run of this script continues it
+    over_max && (( i + 1 < ${#STEPS_LIST[@]} )) || break
+    say "the $steps-step base's held-out pass@1 '$(base_pass1)' is over" \
+        "BASE_PASS1_MAX=$BASE_PASS1_MAX: moved to ${MEDIUM}_over_max_$steps"
+    mv "$MEDIUM" "${MEDIUM}_over_max_$steps"
+  done
+elif unfinished "$MEDIUM" && (( $(left) > 120 )); then
+  pretrain_medium
 fi
 if [[ " $ORDER " == *" distill"* ]] && unfinished "$SMALL_BASE" && (( $(left) > 120 )); then
   say "pretraining the small student base"
@@ -133,13 +165,12 @@ fi
 # BASE_PASS1_MAX (optional): stop before the jobs when the medium base's own held-out pass@1
 # (its README) is above it, e.g. 0.20 for issue 4's "from at most 20%".
 if [[ -n ${BASE_PASS1_MAX:-} && ${STOPPED:-0} == 0 ]]; then
-  base_pass1=$(sed -n 's/^| held-out pass@1 | \([0-9.]*\).*/\1/p' "$MEDIUM/README.md")
-  if [[ -z $base_pass1 ]] || awk -v a="$base_pass1" -v b="$BASE_PASS1_MAX" 'BEGIN { exit !(a > b) }'; then
-    say "the medium base's held-out pass@1 '${base_pass1}' is not at most BASE_PASS1_MAX=$BASE_PASS1_MAX:"
-    say "no job trains from it (remove $MEDIUM to pretrain another)"
+  if over_max; then
+    say "the medium base's held-out pass@1 '$(base_pass1)' is not at most BASE_PASS1_MAX=$BASE_PASS1_MAX:"
+    say "no job trains from it (remove $MEDIUM, or set PRETRAIN_STEPS_LIST, to pretrain another)"
     STOPPED=4
   else
-    say "the medium base's held-out pass@1: $base_pass1 (BASE_PASS1_MAX=$BASE_PASS1_MAX)"
+    say "the medium base's held-out pass@1: $(base_pass1) (BASE_PASS1_MAX=$BASE_PASS1_MAX)"
   fi
 fi
 

@@ -221,6 +221,28 @@ def test_gpu_queue_stops_at_a_base_above_base_pass1_max(tmp_path):
   assert "held-out pass@1: 0.218 (BASE_PASS1_MAX=0.22)" in result.stdout
 
 
+def test_gpu_queue_pretrains_the_next_length_after_a_base_over_the_max(tmp_path):
+  """PRETRAIN_STEPS_LIST: a finished base over BASE_PASS1_MAX is moved aside and the next length
+  is pretrained (for real: the tiny preset, 20 steps) and checked; a second run does not try the
+  moved-aside length again."""
+  runs = str(tmp_path / "runs")
+  _fake_finished_queue(runs)
+  base = os.path.join(runs, "r1_zero_gpu_small", "base")
+  with open(os.path.join(base, "README.md"), "a") as f:
+    f.write("| held-out pass@1 | 0.500 (4 test problems x 2 samples) |\n")
+  env = dict(PRETRAIN_STEPS_LIST="30 20", BASE_PASS1_MAX="0.2", ORDER="seeds")
+  result = _gpu_all(tmp_path, **env)
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  assert "the 30-step base's held-out pass@1 '0.500' is over BASE_PASS1_MAX=0.2" in result.stdout
+  assert "pretraining the medium base (20 steps)" in result.stdout
+  assert os.path.exists(base + "_over_max_30/README.md")
+  with open(os.path.join(base, "README.md")) as f:
+    assert "| steps | 20 of 20" in f.read()
+  assert "held-out pass@1: 0.0" in result.stdout  # the new base, at most 0.2: the queue goes on
+  result = _gpu_all(tmp_path, **env)
+  assert result.returncode == 0 and "pretraining" not in result.stdout, result.stdout[-3000:]
+
+
 def _split_choice(setting):
   import subprocess  # pylint: disable=import-outside-toplevel
   script = (f"source {os.path.join(BENCHMARKS, 'sampler_choice.sh')}; "
