@@ -52,7 +52,8 @@ if [[ $SMALL == 1 ]]; then
                   --eval_num_problems=4 --eval_num_samples=2 --max_completion_length=64)
   RL_FLAGS=(--max_steps="${RL_STEPS:-3}" --prompts_per_step=2 --num_generations=4
             --max_completion_length=64 --overlong_buffer=16 --eval_steps=2 --eval_num_problems=4
-            --eval_num_samples=2 --eval_batch_size=4 --dtype=float32 --save_steps=2)
+            --eval_num_samples=2 --eval_batch_size=4 --dtype=float32 --save_steps=2
+            --logprob_batch_size=4)  # 2 x 4 rows: the flagfile's 256 would not divide them
   RL_TIME_S=${RL_TIME_S:-300}
 else
   BASE=${BASE:-runs/r1_zero_gpu/base_medium}

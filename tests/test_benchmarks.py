@@ -243,6 +243,22 @@ def test_gpu_queue_pretrains_the_next_length_after_a_base_over_the_max(tmp_path)
   assert result.returncode == 0 and "pretraining" not in result.stdout, result.stdout[-3000:]
 
 
+def test_gpu_queue_small_seed_trains_with_the_gpu_flagfile(tmp_path):
+  """The seeds job of `gpu_all.sh --small` on the committed tiny base: countdown_gpu.flags with
+  the small overrides trains and evaluates (a flag of the GPU recipe that the small batch cannot
+  take, like a --logprob_batch_size that does not divide it, fails here)."""
+  import json  # pylint: disable=import-outside-toplevel
+  import shutil  # pylint: disable=import-outside-toplevel
+  runs = tmp_path / "runs"
+  shutil.copytree(os.path.join(os.path.dirname(BENCHMARKS), "checkpoints", "countdown_base_tiny"),
+                  runs / "r1_zero_gpu_small" / "base")
+  result = _gpu_all(tmp_path, ORDER="seeds", SEEDS="0", PARALLEL="1")
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  with open(runs / "gpu_all_small" / "out_r1_zero" / "summary.json") as f:
+    summary = json.load(f)
+  assert set(summary["exit_codes"].values()) <= {0} and "pass@1" in summary["runs"]["seed=0"], summary
+
+
 def _split_choice(setting):
   import subprocess  # pylint: disable=import-outside-toplevel
   script = (f"source {os.path.join(BENCHMARKS, 'sampler_choice.sh')}; "
