@@ -38,9 +38,8 @@ read -r -a EVAL <<< "${EVAL_ARGS:---new_tokens 512}"
 if [[ -f $CHOICE ]]; then
   echo "sampler options already chosen in $CHOICE: '$(cat "$CHOICE")'"; exit 0
 fi
-unset R1JAX_SAMPLER_XLA_OPTIONS
+unset R1JAX_SAMPLER_XLA_OPTIONS R1JAX_SAMPLER_ATTENTION
 rows=$(mktemp)
-unset R1JAX_SAMPLER_ATTENTION
 source benchmarks/sampler_choice.sh  # split_choice
 for opts in default "${CANDIDATES[@]}"; do
   split_choice "$opts"  # -> ATTENTION, XLA_OPTS (default: the library's own options)

@@ -55,10 +55,9 @@ def logits_of(config, params, tokens):
   from r1jax import model  # pylint: disable=import-outside-toplevel
   cfg = config.replace(dtype="float32", param_dtype="float32")
   params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
-  b, t = tokens.shape
-  positions = jnp.broadcast_to(jnp.arange(t), (b, t))
-  out, _ = model.forward(params, jnp.asarray(tokens), cfg, positions=positions,
-                         kv_mask=jnp.ones((b, t), bool))
+  mask = jnp.ones(tokens.shape, bool)
+  out, _ = model.forward(params, jnp.asarray(tokens), cfg,
+                         positions=model.positions_from_mask(mask), kv_mask=mask)
   return np.asarray(out)
 
 
@@ -70,7 +69,9 @@ def main(argv=None) -> int:
   config, params = hf.load_hf_checkpoint(args.src)
   packed_config = config.replace(param_dtype=args.dtype)
   packed = jax.tree.map(lambda x: jnp.asarray(x).astype(args.dtype), params)
-  has_tokenizer = any(os.path.exists(os.path.join(args.src, f)) for f in hf._TOKENIZER_FILES)  # pylint: disable=protected-access
+  # As experiments/common.tokenizer_dir: a policy directory has a tokenizer when it holds
+  # tokenizer.json (the char tokenizer has none); the tokenizer's other files come along.
+  has_tokenizer = os.path.exists(os.path.join(args.src, "tokenizer.json"))
   hf.save_hf_checkpoint(args.dst, packed_config, packed,
                         tokenizer_dir=args.src if has_tokenizer else None,
                         max_shard_bytes=int(args.max_shard_mib * 2**20))

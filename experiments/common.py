@@ -117,7 +117,7 @@ def setup_logging():
   from r1jax import sampling  # pylint: disable=import-outside-toplevel
   logging.getLogger("r1jax").info(
       "sampler: attention %s (R1JAX_SAMPLER_ATTENTION), XLA options %s",
-      sampling.SamplingConfig(max_new_tokens=1).attention, sampling.COMPILER_OPTIONS)
+      sampling.DEFAULT_ATTENTION, sampling.COMPILER_OPTIONS)
 
 
 def parse_task_options(items) -> dict:

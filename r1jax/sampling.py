@@ -33,6 +33,10 @@ from r1jax.config import ModelConfig, dtype_from_name
 # ----------------------------------------------------------------------------------------------
 # Configuration and outputs
 # ----------------------------------------------------------------------------------------------
+# The decode attention of every SamplingConfig that names none ("xla" or "ragged").
+DEFAULT_ATTENTION = os.environ.get("R1JAX_SAMPLER_ATTENTION", "xla")
+
+
 @dataclasses.dataclass(frozen=True)
 class SamplingConfig:
   """How to sample completions. Hashable: it is a static argument of the jitted `generate`.
@@ -54,11 +58,12 @@ class SamplingConfig:
   # "xla": attention over the whole fixed-length cache under a mask. "ragged": only the filled
   # slots of each row, and of a finished row only its first slot (model.ragged_decode_attention,
   # a Pallas kernel; the cache is padded to a multiple of model.ATTENTION_BLOCK slots). 1.4-2.0x
-  # faster per decode step at the 0.5B shape on an H200; its numbers there not yet checked
-  # (BENCHMARKS.md), so it is not the default. The
-  # default comes from the environment variable R1JAX_SAMPLER_ATTENTION, so that every sampler
-  # of a run (rollouts, evaluations, rejection sampling) can switch without a flag.
-  attention: str = os.environ.get("R1JAX_SAMPLER_ATTENTION", "xla")
+  # faster per decode step at the 0.5B shape on an H200; checked there on random inputs only
+  # (benchmarks/sampler.py --check, BENCHMARKS.md), not yet on a trained checkpoint, so it is
+  # not the default. The default is DEFAULT_ATTENTION (the environment variable
+  # R1JAX_SAMPLER_ATTENTION), so that every sampler of a run (rollouts, evaluations, rejection
+  # sampling) can switch without a flag.
+  attention: str = DEFAULT_ATTENTION
 
   def __post_init__(self):
     def is_int(x):

@@ -429,3 +429,11 @@ def test_pack_policy_shards_rounds_and_checks(tmp_path, capsys):
   with pytest.raises(SystemExit):
     pack_policy.main([src, str(tmp_path / "bf16")])
   assert "already holds a policy" in capsys.readouterr().err
+  # A policy with a tokenizer.json (a Hugging Face tokenizer) keeps its tokenizer files.
+  import shutil  # pylint: disable=import-outside-toplevel
+  with_tok = tmp_path / "with_tokenizer"
+  shutil.copytree(src, with_tok)
+  (with_tok / "tokenizer.json").write_text('{"fake": true}')
+  assert pack_policy.main([str(with_tok), str(tmp_path / "tok")]) == 0
+  assert (tmp_path / "tok" / "tokenizer.json").read_text() == '{"fake": true}'
+  assert not (tmp_path / "bf16" / "tokenizer.json").exists()
