@@ -44,6 +44,7 @@ source benchmarks/sampler_choice.sh  # split_choice
 for opts in default "${CANDIDATES[@]}"; do
   split_choice "$opts"  # -> ATTENTION, XLA_OPTS (default: the library's own options)
   # concurrent_eval's row: XLA_FLAGS | options | process | pass@1 | format | length | trunc | s
+  # | attention
   ev=$(R1JAX_SAMPLER_ATTENTION=$ATTENTION "$PY" benchmarks/concurrent_eval.py \
        --checkpoint "$CKPT" --processes 1 "${EVAL[@]}" --sampler_options="$XLA_OPTS" 2>&1 \
        | grep -E '^- \| ' | tail -1 || true)
@@ -52,6 +53,8 @@ for opts in default "${CANDIDATES[@]}"; do
   sp=$(env "${env_opts[@]}" "$PY" benchmarks/sampler.py "${SPEED[@]}" --attention "$ATTENTION" \
        2>&1 | grep -E '^[0-9]+ \| ' | tail -1 || true)
   pass=$(awk -F' \\| ' '{print $4}' <<< "$ev"); fmt=$(awk -F' \\| ' '{print $5}' <<< "$ev")
+  # The worker reports the attention it sampled with: a candidate that did not reach it fails.
+  if [[ $(awk -F' \\| ' '{print $9}' <<< "$ev") != "$ATTENTION" ]]; then pass=; fmt=; fi
   ms=$(awk -F' \\| ' '{print $3}' <<< "$sp")
   printf '%s\t%s\t%s\t%s\n' "$opts" "${pass:-error}" "${fmt:-error}" "${ms:-error}" \
     | tee -a "$rows"

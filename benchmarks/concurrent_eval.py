@@ -113,8 +113,9 @@ def evaluate(args) -> dict:
       max_new_tokens=args.new_tokens, batch_size=args.batch_size,
       stop_sequences=(tuple(tok.encode("</answer>")),), add_bos=tok.bos_id is not None)
   keys = ("pass@1", "format_rate", "completion_length_mean", "truncated_fraction")
+  from r1jax import sampling  # pylint: disable=import-outside-toplevel
   return dict({k: report[k] for k in keys}, seconds=time.perf_counter() - t0,
-              device=str(jax.devices()[0].device_kind))
+              device=str(jax.devices()[0].device_kind), attention=sampling.DEFAULT_ATTENTION)
 
 
 def run_setting(argv, args, xla_flags: str, processes: int,
@@ -180,7 +181,7 @@ def main(argv=None) -> int:
   print(f"checkpoint {args.checkpoint}: {args.num_problems} problems x {args.num_samples} "
         f"samples, {args.new_tokens} new tokens, {args.dtype}, {args.processes} processes")
   print("XLA_FLAGS | sampler options | process | pass@1 | format | mean length | truncated | "
-        "seconds")
+        "seconds | attention")
   failed = 0
   for flags_ in args.xla_flags:
     for opts in args.sampler_options:
@@ -196,7 +197,7 @@ def main(argv=None) -> int:
           continue
         print(f"{head} | {r['pass@1']:.3f} | {r['format_rate']:.3f} | "
               f"{r['completion_length_mean']:.1f} | {r['truncated_fraction']:.3f} | "
-              f"{r['seconds']:.1f}")
+              f"{r['seconds']:.1f} | {r['attention']}")
   return 1 if failed else 0
 
 

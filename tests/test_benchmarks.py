@@ -391,9 +391,10 @@ def test_sampler_variants_small_runs_and_checks_every_variant(tmp_path):
 
 @pytest.mark.bench
 def test_choose_sampler_options_tries_the_ragged_attention(tmp_path):
-  """choose_sampler_options.sh with the candidate attention=ragged: evaluated and timed with the
-  ragged decode attention, sound on the committed tiny base (same pass@1 and format rate as the
-  default's), and a choice is written."""
+  """choose_sampler_options.sh with the candidate attention=ragged: evaluated with the ragged
+  decode attention (the worker reports the attention it sampled with, and a row whose attention
+  is not its candidate's counts as failed), sound on the committed tiny base (same pass@1 and
+  format rate as the default's), and a choice is written."""
   import subprocess  # pylint: disable=import-outside-toplevel
   repo = os.path.dirname(BENCHMARKS)
   env = dict({k: v for k, v in os.environ.items() if not k.startswith("R1JAX_SAMPLER_")},
