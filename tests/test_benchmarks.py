@@ -1,7 +1,9 @@
 """The benchmark scripts run in their --small CPU mode and print consistent tables."""
 
 import os
+import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -438,3 +440,40 @@ def test_pack_policy_shards_rounds_and_checks(tmp_path, capsys):
   assert pack_policy.main([str(with_tok), str(tmp_path / "tok")]) == 0
   assert (tmp_path / "tok" / "tokenizer.json").read_text() == '{"fake": true}'
   assert not (tmp_path / "bf16" / "tokenizer.json").exists()
+
+
+def _detached(tmp_path, *args, timeout=60):
+  env = dict(os.environ, DETACHED=str(tmp_path / "detached"))
+  return subprocess.run(["bash", os.path.join(BENCHMARKS, "gpu_detached.sh"), *args], env=env,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+def test_detached_job_outlives_its_starter_and_reports_in_parts(tmp_path):
+  """gpu_detached.sh: `start` returns while the job runs on in its own session; each `wait`
+  prints the log lines not printed before and exits 3 while the job runs, 0 once it has ended
+  (with its status in the log); a second `start` of the same name is refused."""
+  flag = tmp_path / "go"
+  job = f"echo first; while [ ! -e {flag} ]; do sleep 0.2; done; echo second; exit 7"
+  started = _detached(tmp_path, "start", "j", "bash", "-c", job)
+  assert started.returncode == 0, started.stderr
+  assert os.getsid(int((tmp_path / "detached" / "j.pid").read_text())) != os.getsid(0)
+  for _ in range(50):
+    if "first" in (tmp_path / "detached" / "j.log").read_text():
+      break
+    time.sleep(0.1)
+  running = _detached(tmp_path, "wait", "j", "1")
+  assert running.returncode == 3 and "first" in running.stdout and "still running" in running.stdout
+  again = _detached(tmp_path, "start", "j", "true")
+  assert again.returncode == 2 and "already running" in again.stderr
+  flag.touch()
+  ended = _detached(tmp_path, "wait", "j", "30")
+  assert ended.returncode == 0, ended.stderr
+  assert "second" in ended.stdout and "first" not in ended.stdout
+  assert "ended: exit 7" in ended.stdout
+  done = _detached(tmp_path, "start", "j", "true")
+  assert done.returncode == 2 and "already done (exit 7)" in done.stderr
+
+
+def test_detached_wait_names_a_job_never_started(tmp_path):
+  result = _detached(tmp_path, "wait", "nothing", "1")
+  assert result.returncode == 2 and "never started" in result.stderr
