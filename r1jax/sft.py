@@ -240,6 +240,24 @@ def _cached_step(model_config: ModelConfig, cfg: SFTConfig):
 # ----------------------------------------------------------------------------------------------
 # The resumable loop
 # ----------------------------------------------------------------------------------------------
+def foreign_data(first_loss: float, vocab_size: int) -> bool:
+  """Whether the loss of the starting params on the SFT data is more than a nat above uniform
+  guessing (log vocab_size): the params predict this data worse than knowing nothing, i.e. it
+  holds tokens they never learnt. On 2026-12-03 the R1 pipeline's cold start on readable traces
+  started at 8.18 nats per character against log 128 = 4.85: six letters of those traces never
+  occur in the base's corpus (docs/r1_pipeline.md)."""
+  return first_loss > math.log(vocab_size) + 1.0
+
+
+def warn_if_foreign(first_loss: float, vocab_size: int):
+  if foreign_data(first_loss, vocab_size):
+    log.warning("SFT loss at the first step is %.2f, above log(vocab)=%.2f + 1: the starting "
+                "policy predicts this data worse than uniform guessing (tokens it never saw in "
+                "pretraining?). A short SFT from here teaches those tokens badly; train longer "
+                "or bring the data closer to what the base knows.", first_loss,
+                math.log(vocab_size))
+
+
 def run_sft(model_config: ModelConfig, params, tokenizer, examples: Sequence[Example],
             cfg: SFTConfig, workdir: str, *, save_steps: int = 50, save_total_limit: int = 2,
             add_bos: bool = True, meta: Optional[dict] = None, log_every: int = 1,
@@ -299,6 +317,8 @@ def run_sft(model_config: ModelConfig, params, tokenizer, examples: Sequence[Exa
                  / len(examples), "step_time_s": dt,
                  "tokens_per_s": float(m["completion_tokens"]) / max(dt, 1e-9)}
       writer.write(metrics)
+      if step == 0:
+        warn_if_foreign(metrics["loss"], model_config.vocab_size)
       if log_every and (step + 1) % log_every == 0:
         log.info("sft step %d/%d loss=%.4f grad_norm=%.3f lr=%.2e %.2fs", step + 1,
                  cfg.max_steps, metrics["loss"], metrics["grad_norm"],

@@ -242,3 +242,24 @@ def test_a_signal_mid_step_saves_that_step(tmp_path):
   ck = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), save_steps=100)
   assert ck.latest_step() == 2
   ck.close()
+
+
+def test_first_step_warns_when_the_data_is_foreign_to_the_params(tmp_path, caplog):
+  """A starting loss more than a nat above log(vocab) (the policy predicts the data worse than
+  uniform guessing, as a base on characters it never saw) logs a warning; a fresh random init,
+  near log(vocab), does not."""
+  assert sft.foreign_data(8.18, 128) and not sft.foreign_data(4.85, 128)
+  fresh = model.init_params(CONFIG, jax.random.PRNGKey(0))
+  # Confident random predictions: the final norm scaled up makes the logits large. (Its own
+  # arrays: the SFT step donates its params' buffers.)
+  confident = model.init_params(CONFIG, jax.random.PRNGKey(0))
+  confident = dict(confident, final_norm=confident["final_norm"] * 50.0)
+  caplog.set_level("WARNING", logger="r1jax")
+  losses = {}
+  for name, params in (("fresh", fresh), ("confident", confident)):
+    caplog.clear()
+    sft.run_sft(CONFIG, params, TOK, EXAMPLES, RESUME_CFG, str(tmp_path / name), stop_at=1)
+    losses[name] = logs.read_jsonl(str(tmp_path / name / "metrics.jsonl"))[0]["loss"]
+    warned = any("worse than uniform guessing" in r.getMessage() for r in caplog.records)
+    assert warned == (name == "confident"), (name, losses)
+  assert losses["confident"] > np.log(CONFIG.vocab_size) + 1.0 > losses["fresh"], losses
