@@ -54,7 +54,8 @@ case $verb in
     echo "== $name still running"; exit 3
     ;;
   stop)
-    running && kill -INT -- "-$(cat "$pid")" && echo "SIGINT to $name's process group"
+    running || { echo "stop $name: not running" >&2; exit 2; }
+    kill -INT -- "-$(cat "$pid")" && echo "SIGINT to $name's process group"
     ;;
   *) echo "unknown verb '$verb' (start, wait, stop)" >&2; exit 2;;
 esac

@@ -240,22 +240,20 @@ def _cached_step(model_config: ModelConfig, cfg: SFTConfig):
 # ----------------------------------------------------------------------------------------------
 # The resumable loop
 # ----------------------------------------------------------------------------------------------
-def foreign_data(first_loss: float, vocab_size: int) -> bool:
-  """Whether the loss of the starting params on the SFT data is more than a nat above uniform
-  guessing (log vocab_size): the params predict this data worse than knowing nothing, i.e. it
-  holds tokens they never learnt. On 2026-12-03 the R1 pipeline's cold start on readable traces
-  started at 8.18 nats per character against log 128 = 4.85: six letters of those traces never
-  occur in the base's corpus (docs/r1_pipeline.md)."""
-  return first_loss > math.log(vocab_size) + 1.0
-
-
-def warn_if_foreign(first_loss: float, vocab_size: int):
-  if foreign_data(first_loss, vocab_size):
+def warn_if_foreign(first_loss: float, vocab_size: int) -> bool:
+  """Warns, and returns True, when the loss of the starting params on the SFT data is more than a
+  nat above uniform guessing (log vocab_size): the params predict this data worse than knowing
+  nothing, i.e. it holds tokens they never learnt. On 2026-12-03 the R1 pipeline's cold start on
+  readable traces started at 8.18 nats per character against log 128 = 4.85: six letters of those
+  traces never occur in the base's corpus (docs/r1_pipeline.md)."""
+  foreign = first_loss > math.log(vocab_size) + 1.0
+  if foreign:
     log.warning("SFT loss at the first step is %.2f, above log(vocab)=%.2f + 1: the starting "
                 "policy predicts this data worse than uniform guessing (tokens it never saw in "
                 "pretraining?). A short SFT from here teaches those tokens badly; train longer "
                 "or bring the data closer to what the base knows.", first_loss,
                 math.log(vocab_size))
+  return foreign
 
 
 def run_sft(model_config: ModelConfig, params, tokenizer, examples: Sequence[Example],

@@ -248,7 +248,7 @@ def test_first_step_warns_when_the_data_is_foreign_to_the_params(tmp_path, caplo
   """A starting loss more than a nat above log(vocab) (the policy predicts the data worse than
   uniform guessing, as a base on characters it never saw) logs a warning; a fresh random init,
   near log(vocab), does not."""
-  assert sft.foreign_data(8.18, 128) and not sft.foreign_data(4.85, 128)
+  assert sft.warn_if_foreign(8.18, 128) and not sft.warn_if_foreign(4.85, 128)
   fresh = model.init_params(CONFIG, jax.random.PRNGKey(0))
   # Confident random predictions: the final norm scaled up makes the logits large. (Its own
   # arrays: the SFT step donates its params' buffers.)
