@@ -454,12 +454,29 @@ class GRPOTrainer:
         sample_tokens_per_s=ro.generated_tokens / max(ro.sample_time_s, 1e-9),
         data_position=position,
         **{f"reward_{k}": float(np.mean(v)) for k, v in ro.components.items()},
+        **zero_std_shares(ro.rewards, ro.components, cfg.num_generations),
         **{k: float(v) for k, v in ro.reward_stats.items() if k != "reward_time_s"},
         **ds_metrics,
     )
     metrics.setdefault("kl", 0.0)  # beta = 0: no KL is computed
     metrics["clip_fraction"] = metrics["clip_ratio/region_mean"]
     return new_state, metrics, ro
+
+
+def zero_std_shares(rewards: np.ndarray, components: dict[str, np.ndarray],
+                    g: int) -> dict[str, float]:
+  """The share of groups whose G values are all equal: of the reward, and of each component.
+
+  A group of equal rewards gets zero advantage. With several reward components the two shares
+  tell apart what decides the other groups: when `frac_zero_std/accuracy` is high but
+  `frac_reward_zero_std` is near 0, a small second component (e.g. language consistency) is all
+  that differs inside the groups whose accuracy is uniform, and under `scale_rewards="group"`
+  its differences are divided by their own small std, so they get advantages of unit size.
+  """
+  out = {"frac_reward_zero_std": float(1.0 - _informative_groups(rewards, g).mean())}
+  for name, values in components.items():
+    out[f"frac_zero_std/{name}"] = float(1.0 - _informative_groups(np.asarray(values), g).mean())
+  return out
 
 
 def _informative_groups(rewards: np.ndarray, g: int) -> np.ndarray:

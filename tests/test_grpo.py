@@ -393,3 +393,17 @@ def test_argument_errors_name_the_argument():
     grpo.group_advantages(jnp.ones(7), G)
   with pytest.raises(ValueError, match="scale_rewards"):
     grpo.group_advantages(jnp.ones(6), G, "std")
+
+
+def test_group_scaling_turns_a_small_second_reward_into_unit_advantages():
+  # Why the R1 pipeline's RL stages scale by the batch std (experiments/configs/r1_gpu.flags):
+  # in a group whose accuracy is uniform, a 0.5-weighted language score that differs by a few
+  # hundredths is all that varies, and dividing by the group's own std makes its advantages as
+  # large as those of a group that differs in accuracy.
+  accuracy = np.array([1, 1, 1, 1, 0, 1, 0, 0], np.float32)
+  language = np.array([0.98, 0.99, 1.0, 0.97, 1.0, 1.0, 1.0, 1.0], np.float32)
+  rewards = jnp.asarray(accuracy + 0.5 * language)
+  group = np.asarray(grpo.group_advantages(rewards, 4, "group")).reshape(2, 4)
+  batch = np.asarray(grpo.group_advantages(rewards, 4, "batch")).reshape(2, 4)
+  np.testing.assert_allclose(np.abs(group).max(1), [1.144, 1.500], atol=1e-3)  # equal footing
+  assert np.abs(batch[0]).max() < 0.05 < 0.5 < np.abs(batch[1]).max()

@@ -339,3 +339,23 @@ def test_trainers_of_one_configuration_share_their_compiled_functions():
   moved = lambda p: np.abs(p["embed"] - params["embed"]).max()  # noqa: E731
   assert moved(p_fast) > 1.5 * moved(p_base)
   assert float(fast.schedule(0)) == 6e-3 and float(base.schedule(0)) == 3e-3
+
+
+def test_zero_std_shares_per_component():
+  # Three groups of 4: accuracy uniform in the first two, language consistency nowhere uniform.
+  accuracy = np.array([1, 1, 1, 1, 0, 0, 0, 0, 1, 0, 0, 1], np.float32)
+  language = np.array([.98, .99, 1, .97, 1, .96, .99, .98, 1, 1, .99, 1], np.float32)
+  rewards = accuracy + 0.5 * language
+  s = trainer.zero_std_shares(rewards, {"accuracy": accuracy, "language": language}, 4)
+  assert s == pytest.approx({"frac_reward_zero_std": 0.0, "frac_zero_std/accuracy": 2 / 3,
+                             "frac_zero_std/language": 0.0})
+  s = trainer.zero_std_shares(accuracy, {"accuracy": accuracy}, 4)
+  assert s["frac_reward_zero_std"] == s["frac_zero_std/accuracy"] == pytest.approx(2 / 3)
+
+
+def test_step_logs_the_zero_std_shares():
+  t, params = make_trainer(max_steps=1)
+  _, metrics, ro = t.step(t.init_state(params))
+  groups = ro.components["accuracy"].reshape(-1, t.cfg.num_generations)
+  assert metrics["frac_zero_std/accuracy"] == pytest.approx(np.mean(groups.max(1) == groups.min(1)))
+  assert metrics["frac_zero_std/format"] == 1.0  # toy_reward's format is always 1
