@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import time
 from typing import Any, Callable, Optional, Sequence
 
@@ -34,6 +35,7 @@ from r1jax import rewards as rewards_lib
 from r1jax.config import ModelConfig, dtype_from_name
 from r1jax.data import ProblemStream
 
+log = logging.getLogger("r1jax")
 State = dict[str, Any]
 # (completions, problems) -> (rewards [N], components {name: [N]}, stats {name: number})
 RewardFn = Callable[[list[str], list[Any]], tuple[np.ndarray, dict, dict]]
@@ -303,6 +305,7 @@ class GRPOTrainer:
     self.format_prompt = format_prompt
     self.reward_fn = reward_fn
     self.add_bos = add_bos
+    self._warned_other_terms_decide = False
     eos = tuple(tokenizer.eos_ids)
     self.sampling_config = sampling.SamplingConfig(
         max_new_tokens=cfg.max_completion_length, temperature=cfg.temperature,
@@ -458,6 +461,9 @@ class GRPOTrainer:
         **{k: float(v) for k, v in ro.reward_stats.items() if k != "reward_time_s"},
         **ds_metrics,
     )
+    if not self._warned_other_terms_decide:
+      self._warned_other_terms_decide = warn_if_other_terms_decide(
+          metrics, self.loss_cfg.scale_rewards)
     metrics.setdefault("kl", 0.0)  # beta = 0: no KL is computed
     metrics["clip_fraction"] = metrics["clip_ratio/region_mean"]
     return new_state, metrics, ro
@@ -477,6 +483,26 @@ def zero_std_shares(rewards: np.ndarray, components: dict[str, np.ndarray],
   for name, values in components.items():
     out[f"frac_zero_std/{name}"] = float(1.0 - _informative_groups(np.asarray(values), g).mean())
   return out
+
+
+def warn_if_other_terms_decide(shares: dict[str, float], scale_rewards: str,
+                               margin: float = 0.25) -> bool:
+  """Warns, and returns True, under `scale_rewards="group"` when the accuracy is uniform in at
+  least `margin` more of the groups than the reward is (`zero_std_shares`): in those groups the
+  other reward terms alone differ, and the group's std scales their small differences up to
+  advantages as large as a right answer's against a wrong one. In the R1 pipeline's stage 2 on
+  2026-12-03 (a 0.5-weighted language score) this held for about half of the groups and pass@1
+  did not move in 60 steps (docs/r1_pipeline.md, sixth attempt)."""
+  if scale_rewards != "group" or "frac_zero_std/accuracy" not in shares:
+    return False
+  gap = shares["frac_zero_std/accuracy"] - shares["frac_reward_zero_std"]
+  if gap >= margin:
+    log.warning("In %.0f%% of this step's groups every completion has the same accuracy but the "
+                "reward differs: only the other reward terms decide those groups' advantages, and "
+                "--scale_rewards=group scales them to unit size. --scale_rewards=batch keeps them "
+                "at their own size.", 100 * gap)
+    return True
+  return False
 
 
 def _informative_groups(rewards: np.ndarray, g: int) -> np.ndarray:

@@ -359,3 +359,25 @@ def test_step_logs_the_zero_std_shares():
   groups = ro.components["accuracy"].reshape(-1, t.cfg.num_generations)
   assert metrics["frac_zero_std/accuracy"] == pytest.approx(np.mean(groups.max(1) == groups.min(1)))
   assert metrics["frac_zero_std/format"] == 1.0  # toy_reward's format is always 1
+
+
+def test_warns_once_when_other_reward_terms_decide_the_groups(caplog):
+  shares = {"frac_reward_zero_std": 0.2, "frac_zero_std/accuracy": 0.6}
+  assert trainer.warn_if_other_terms_decide(shares, "group")
+  assert not trainer.warn_if_other_terms_decide(shares, "batch")
+  assert not trainer.warn_if_other_terms_decide(dict(shares, frac_reward_zero_std=0.4), "group")
+
+  def accuracy_uniform_plus_noise(completions, problems):
+    # Accuracy 0 everywhere; a small second term that differs within every group.
+    noise = np.array([0.01 * (len(c) + ord(c[0]) if c else 0) for c in completions], np.float32)
+    acc = np.zeros(len(completions), np.float32)
+    return acc + noise, {"accuracy": acc, "noise": noise}, {}
+
+  t, params = make_trainer(accuracy_uniform_plus_noise, max_steps=2)
+  state = t.init_state(params)
+  caplog.clear()
+  with caplog.at_level("WARNING", logger="r1jax"):
+    state, metrics, _ = t.step(state)
+    t.step(state)
+  assert metrics["frac_zero_std/accuracy"] - metrics["frac_reward_zero_std"] >= 0.25
+  assert sum("only the other reward terms decide" in r.message for r in caplog.records) == 1
