@@ -153,12 +153,20 @@ def reward_stats(rewards: jax.Array, num_generations: int) -> dict[str, jax.Arra
   how much of the batch is wasted.)
   """
   grouped = _grouped(rewards, num_generations)
-  zero_std = _std(grouped, axis=1) <= 1e-8  # torch.isclose(std, 0) uses atol 1e-8.
+  zero_std = zero_std_groups(rewards, num_generations)
   return {
       "reward/mean": jnp.mean(grouped),
       "reward/std": _std(grouped),
       "frac_reward_zero_std": jnp.mean(zero_std.astype(grouped.dtype)),
   }
+
+
+def zero_std_groups(values: jax.Array, num_generations: int) -> jax.Array:
+  """[B] bool: the groups whose G values [B*G] are all equal; their advantages are 0 under every
+  `scale_rewards`. Compared exactly (max == min), not as std <= 1e-8 (TRL's torch.isclose): in
+  float32 the std of G equal values is ~1e-7, not 0, for G that is not a power of two."""
+  grouped = _grouped(jnp.asarray(values), num_generations)
+  return jnp.max(grouped, axis=1) == jnp.min(grouped, axis=1)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -479,10 +479,9 @@ def zero_std_shares(rewards: np.ndarray, components: dict[str, np.ndarray],
   that differs inside the groups whose accuracy is uniform, and under `scale_rewards="group"`
   its differences are divided by their own small std, so they get advantages of unit size.
   """
-  out = {"frac_reward_zero_std": float(1.0 - _informative_groups(rewards, g).mean())}
-  for name, values in components.items():
-    out[f"frac_zero_std/{name}"] = float(1.0 - _informative_groups(np.asarray(values), g).mean())
-  return out
+  share = lambda values: float(np.mean(grpo.zero_std_groups(values, g)))  # noqa: E731
+  return {"frac_reward_zero_std": share(rewards),
+          **{f"frac_zero_std/{name}": share(values) for name, values in components.items()}}
 
 
 def warn_if_other_terms_decide(shares: dict[str, float], scale_rewards: str,
@@ -506,8 +505,7 @@ def warn_if_other_terms_decide(shares: dict[str, float], scale_rewards: str,
 
 
 def _informative_groups(rewards: np.ndarray, g: int) -> np.ndarray:
-  r = rewards.reshape(-1, g)
-  return r.max(1) > r.min(1)
+  return ~np.asarray(grpo.zero_std_groups(rewards, g))
 
 
 def _concat_rollouts(pool: list[Rollout]) -> Rollout:

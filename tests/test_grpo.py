@@ -305,6 +305,17 @@ def test_reward_stats():
   np.testing.assert_allclose(s["frac_reward_zero_std"], 1 / 3)
 
 
+@pytest.mark.parametrize("g", [3, 6, 7, 16])
+def test_groups_of_equal_float_rewards_have_zero_std(g):
+  # Rewards such as 1 + 0.5 x 0.97: a float32 std of G equal copies is ~1e-7, not 0, for most G.
+  values = np.random.default_rng(g).uniform(0, 3, size=64).astype(np.float32)
+  assert np.all(np.asarray(grpo.zero_std_groups(np.repeat(values, g), g)))
+  assert float(grpo.reward_stats(jnp.asarray(np.repeat(values, g)), g)["frac_reward_zero_std"]) == 1
+  varied = np.repeat(values, g)
+  varied[::g] += 1e-3
+  assert not np.any(np.asarray(grpo.zero_std_groups(varied, g)))
+
+
 def test_kl_k3():
   rng = np.random.default_rng(3)
   logp = rng.normal(-2.0, 1.0, size=(4, 50))
