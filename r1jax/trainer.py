@@ -490,7 +490,7 @@ def warn_if_other_terms_decide(shares: dict[str, float], scale_rewards: str,
   least `margin` more of the groups than the reward is (`zero_std_shares`): in those groups the
   other reward terms alone differ, and the group's std scales their small differences up to
   advantages as large as a right answer's against a wrong one. In the R1 pipeline's stage 2 on
-  2026-12-03 (a 0.5-weighted language score) this held for about half of the groups and pass@1
+  2026-12-03 (a 0.5-weighted language score) this held for 60% of the groups and pass@1
   did not move in 60 steps (docs/r1_pipeline.md, sixth attempt)."""
   if scale_rewards != "group" or "frac_zero_std/accuracy" not in shares:
     return False
