@@ -477,3 +477,17 @@ def test_detached_job_outlives_its_starter_and_reports_in_parts(tmp_path):
 def test_detached_wait_names_a_job_never_started(tmp_path):
   result = _detached(tmp_path, "wait", "nothing", "1")
   assert result.returncode == 2 and "never started" in result.stderr
+
+
+def test_decode_gemm_small_checks_every_op():
+  """benchmarks/decode_gemm.py --small (interpret mode, tiny shapes): every op at both row
+  counts is compared with the XLA path, none is WRONG, and the per-layer sums are printed."""
+  run = subprocess.run([sys.executable, os.path.join(BENCHMARKS, "decode_gemm.py"), "--small"],
+                       capture_output=True, text=True, timeout=300, check=False)
+  assert run.returncode == 0, run.stdout + run.stderr
+  out = run.stdout
+  assert "WRONG" not in out.replace("0 WRONG", ""), out
+  best = [line for line in out.splitlines() if line.count(" | ") == 8 and "x | " in line]
+  assert {tuple(line.split(" | ")[:2]) for line in best} == {
+      (op, rows) for op in ("qkv", "wo", "gate_up", "down") for rows in ("16", "32")}, out
+  assert out.count("sum over") == 2, out
