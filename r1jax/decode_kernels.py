@@ -54,6 +54,19 @@ def _check_2d(name: str, a, rank: int = 2):
     raise ValueError(f"{name}: expected a rank-{rank} array, got shape {a.shape}")
 
 
+def _norm_blocks(x, norm_w, w_name: str, n: int, block_r: int, block_n: int, block_k: int):
+  """The checks and cut blocks shared by the two norm kernels: x [R, D], norm_w [D], a weight
+  `w_name` of N columns over D. Returns (r, d, block_r, block_n, block_k)."""
+  r, d = x.shape
+  if norm_w.shape != (d,):
+    raise ValueError(f"norm_w: shape {norm_w.shape} != ({d},)")
+  block_r, block_n, block_k = min(block_r, r), min(block_n, n), min(block_k, d)
+  _require("x", r, block_r, "rows")
+  _require(w_name, n, block_n, "columns")
+  _require(w_name, d, block_k, "contraction dim D")
+  return r, d, block_r, block_n, block_k
+
+
 def _params(num_warps, num_stages):
   return plgpu.CompilerParams(num_warps=num_warps, num_stages=num_stages)
 
@@ -112,16 +125,10 @@ def norm_matmul(x, norm_w, w, eps: float, *, bias=None, block_r: int = 64, block
   """
   _check_2d("x", x)
   _check_2d("w", w)
-  r, d = x.shape
-  if w.shape[0] != d:
-    raise ValueError(f"w: leading dim {w.shape[0]} != x's last dim {d}")
-  if norm_w.shape != (d,):
-    raise ValueError(f"norm_w: shape {norm_w.shape} != ({d},)")
+  if w.shape[0] != x.shape[1]:
+    raise ValueError(f"w: leading dim {w.shape[0]} != x's last dim {x.shape[1]}")
   n = w.shape[1]
-  block_r, block_n, block_k = min(block_r, r), min(block_n, n), min(block_k, d)
-  _require("x", r, block_r, "rows")
-  _require("w", n, block_n, "columns")
-  _require("w", d, block_k, "contraction dim D")
+  r, d, block_r, block_n, block_k = _norm_blocks(x, norm_w, "w", n, block_r, block_n, block_k)
   in_specs = [
       pl.BlockSpec((block_r, d), lambda i, j: (i, 0)),
       pl.BlockSpec((1, d), lambda i, j: (0, 0)),
@@ -179,16 +186,11 @@ def norm_gate_up(x, norm_w, w_gate_up, eps: float, *, block_r: int = 64, block_n
   """
   _check_2d("x", x)
   _check_2d("w_gate_up", w_gate_up, rank=3)
-  r, d = x.shape
-  if w_gate_up.shape[:2] != (d, 2):
-    raise ValueError(f"w_gate_up: shape {w_gate_up.shape} is not [{d}, 2, F]")
-  if norm_w.shape != (d,):
-    raise ValueError(f"norm_w: shape {norm_w.shape} != ({d},)")
+  if w_gate_up.shape[:2] != (x.shape[1], 2):
+    raise ValueError(f"w_gate_up: shape {w_gate_up.shape} is not [{x.shape[1]}, 2, F]")
   f = w_gate_up.shape[2]
-  block_r, block_n, block_k = min(block_r, r), min(block_n, f), min(block_k, d)
-  _require("x", r, block_r, "rows")
-  _require("w_gate_up", f, block_n, "columns F")
-  _require("w_gate_up", d, block_k, "contraction dim D")
+  r, d, block_r, block_n, block_k = _norm_blocks(x, norm_w, "w_gate_up", f, block_r, block_n,
+                                                 block_k)
   # [D, 2, F] -> [D, 2F] is free (row-major); gate block j is column block j, up block j is
   # column block F / block_n + j.
   w2 = w_gate_up.reshape(d, 2 * f)

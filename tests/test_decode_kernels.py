@@ -150,7 +150,7 @@ def test_shape_errors_name_the_argument():
     dk.norm_matmul(x, norm_w, w, EPS, bias=b[:32], block_n=32)
   with pytest.raises(ValueError, match="^norm_w"):
     dk.norm_gate_up(x, norm_w[:32], wgu, EPS)
-  with pytest.raises(ValueError, match="^w_gate_up: columns F 128"):
+  with pytest.raises(ValueError, match="^w_gate_up: columns 128"):
     dk.norm_gate_up(x, norm_w, wgu, EPS, block_n=48)
   with pytest.raises(ValueError, match="^residual"):
     dk.matmul_residual(a, wd, x[:, :32])
