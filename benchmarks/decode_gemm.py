@@ -39,15 +39,11 @@ import math
 import sys
 import time
 
+from timing import comma_list
+from timing import median_seconds as _median_seconds
+
 OPS = ("qkv", "wo", "gate_up", "down")
 CHECK_BOUND = 2e-2  # max |pallas - xla| / max |xla|: bf16 rounding ~1e-2; a wrong kernel ~1
-
-
-def _ints(text: str, name: str, parser) -> list[int]:
-  try:
-    return [int(v) for v in text.split(",") if v]
-  except ValueError:
-    parser.error(f"--{name}={text!r} must be comma-separated ints")
 
 
 def parse_args(argv=None):
@@ -83,7 +79,7 @@ def parse_args(argv=None):
     args.num_warps, args.num_stages, args.k_splits = "4", "2", "1,2"
     args.copies, args.calls, args.repeats, args.compile_threads = 2, 1, 2, 2
   for name in ("rows", "block_r", "block_n", "block_k", "num_warps", "num_stages", "k_splits"):
-    setattr(args, name, _ints(getattr(args, name), name, parser))
+    setattr(args, name, comma_list(int, getattr(args, name), name))
   args.ops = [op for op in args.ops.split(",") if op]
   bad = [op for op in args.ops if op not in OPS]
   if bad:
@@ -91,7 +87,6 @@ def parse_args(argv=None):
   return args
 
 
-from timing import median_seconds as _median_seconds  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)

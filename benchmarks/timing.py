@@ -12,6 +12,14 @@ def use_fake_cpu_devices(count: int = 8):
     os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()
 
 
+def comma_list(kind, text: str, flag: str) -> list:
+  """`--flag=a,b,c` as a list of kind; a bad item exits naming the flag."""
+  try:
+    return [kind(x) for x in text.split(",") if x]
+  except ValueError:
+    raise SystemExit(f"--{flag}={text!r} must be a comma-separated list of {kind.__name__}")
+
+
 def median_seconds(fn, repeats: int) -> float:
   """Median wall time of `repeats` calls of fn() (fn must block until its work is done)."""
   times = []

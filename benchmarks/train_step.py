@@ -25,13 +25,6 @@ import sys
 import time
 
 
-def _list(kind, text, flag):
-  try:
-    return [kind(x) for x in text.split(",") if x]
-  except ValueError:
-    raise SystemExit(f"--{flag}={text!r} must be a comma-separated list of {kind.__name__}")
-
-
 def parse_args(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--preset", default="qwen2.5-0.5b,qwen2.5-1.5b", help="comma-separated")
@@ -60,14 +53,15 @@ def parse_args(argv=None):
     args.remat, args.dtype, args.matmul_size, args.repeats = "full", "float32", 512, 2
     args.gradient_accumulation_steps, args.logprob_batch_size = 2, 8
     args.logprob_chunk_size = 16
-  args.preset = _list(str, args.preset, "preset")
-  args.batch = _list(int, args.batch, "batch")
-  args.remat = _list(str, args.remat, "remat")
+  args.preset = comma_list(str, args.preset, "preset")
+  args.batch = comma_list(int, args.batch, "batch")
+  args.remat = comma_list(str, args.remat, "remat")
   if not 0 < args.prompt_len < args.seq_len:
     parser.error(f"--prompt_len={args.prompt_len} must be in (0, --seq_len={args.seq_len})")
   return args
 
 
+from timing import comma_list  # noqa: E402
 from timing import median_seconds as _median_seconds  # noqa: E402
 from timing import use_fake_cpu_devices  # noqa: E402
 

@@ -1,6 +1,7 @@
 """The benchmark scripts run in their --small CPU mode and print consistent tables."""
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -486,7 +487,9 @@ def test_decode_gemm_small_checks_every_op():
                        capture_output=True, text=True, timeout=300, check=False)
   assert run.returncode == 0, run.stdout + run.stderr
   out = run.stdout
-  assert "WRONG" not in out.replace("0 WRONG", ""), out
+  wrong = [int(n) for n in re.findall(r"(\d+) WRONG;", out)]
+  assert len(wrong) == 8 and not any(wrong), out  # one count per (op, rows), each 0
+  assert " WRONG\n" not in out, out  # no config row flagged
   best = [line for line in out.splitlines() if line.count(" | ") == 8 and "x | " in line]
   assert {tuple(line.split(" | ")[:2]) for line in best} == {
       (op, rows) for op in ("qkv", "wo", "gate_up", "down") for rows in ("16", "32")}, out
