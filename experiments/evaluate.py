@@ -96,12 +96,13 @@ def evaluate_task(name, model_config, params, tokenizer, key):
 
 def format_table(reports) -> str:
   """A fixed-width table: one row per task."""
-  cols = ["task", "problems", "k", "pass@1", "cons@k"]
-  extra = sorted({c for r in reports for c in r if c.startswith("pass@") and c != "pass@1"},
-                 key=lambda c: int(c[5:]))
+  cols = ["task", "problems", "k", "pass@1", "pass@1_stderr", "cons@k"]
+  extra = sorted({c for r in reports for c in r if c.startswith("pass@") and c[5:].isdigit()
+                  and c != "pass@1"}, key=lambda c: int(c[5:]))
   cols += extra + ["format_rate", "completion_length_mean"]
   names = {"problems": "num_problems", "k": "samples_per_problem"}
-  rows = [[c if c != "completion_length_mean" else "mean_len" for c in cols]]
+  short = {"completion_length_mean": "mean_len", "pass@1_stderr": "se"}
+  rows = [[short.get(c, c) for c in cols]]
   for r in reports:
     row = []
     for c in cols:

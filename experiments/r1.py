@@ -418,7 +418,8 @@ def write_summary(workdir: str, infos: dict[str, dict]):
   """summary.json and a Markdown table of the held-out metrics after each stage."""
   from r1jax.checkpoint import save_json  # pylint: disable=import-outside-toplevel
   save_json(os.path.join(workdir, "summary.json"), infos)
-  cols = ("pass@1", "cons@k", "format_rate", "language_consistency", "completion_length_mean")
+  cols = ("pass@1", "pass@1_stderr", "cons@k", "format_rate", "language_consistency",
+          "completion_length_mean")
   lines = ["| stage | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
   for stage, info in infos.items():
     ev = info.get("eval", {})

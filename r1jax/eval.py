@@ -54,13 +54,17 @@ def summarize(correct: np.ndarray, answers: Sequence[Sequence[Optional[str]]],
   """Metrics from a [P, k] boolean matrix of sample correctness and the extracted answers.
 
   pass@1 is the mean over problems of the share of correct samples (the paper's "pass@1
-  averaged over k samples"); cons@k the share of problems whose majority answer is correct;
-  pass@j the unbiased estimator for each j in `ks` (j <= k).
+  averaged over k samples"); pass@1_stderr its standard error over problems (the std of the
+  per-problem shares, ddof 1, over sqrt(P)), which holds both the draw of problems and the k
+  samples' noise; cons@k the share of problems whose majority answer is correct; pass@j the
+  unbiased estimator for each j in `ks` (j <= k).
   """
   correct = np.asarray(correct, bool)
   p, k = correct.shape
+  shares = correct.mean(1) if k else np.zeros(p)
   out = {"num_problems": p, "samples_per_problem": k,
-         "pass@1": float(correct.mean()) if p else 0.0}
+         "pass@1": float(shares.mean()) if p else 0.0,
+         "pass@1_stderr": float(shares.std(ddof=1) / math.sqrt(p)) if p > 1 else 0.0}
   cons = []
   for i in range(p):
     j = majority_vote(answers[i])

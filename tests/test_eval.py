@@ -60,6 +60,8 @@ def test_summarize_by_hand():
              ["3", "3", "3", "4"]]
   out = r1eval.summarize(correct, answers, ks=(1, 2, 4, 8))
   assert out["pass@1"] == pytest.approx(5 / 12)
+  # Per-problem shares 1/2, 0, 3/4 around 5/12: squares 1/144, 25/144, 16/144 over 2, / 3.
+  assert out["pass@1_stderr"] == pytest.approx(math.sqrt(42 / 144 / 2 / 3))
   assert out["cons@k"] == pytest.approx(2 / 3)
   expected2 = np.mean([_closed_form(4, c, 2) for c in (2, 0, 3)])
   assert out["pass@2"] == pytest.approx(expected2)
