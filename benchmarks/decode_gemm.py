@@ -87,8 +87,6 @@ def parse_args(argv=None):
   return args
 
 
-
-
 @dataclasses.dataclass(frozen=True)
 class Shapes:
   d: int
@@ -289,12 +287,12 @@ def main(argv=None):
         fn = lambda inputs, w, cfg=cfg: pallas_op(inputs, w, interpret=interpret, **cfg)  # noqa: E731
         try:
           return build(fn).lower(inputs, ws).compile(), None
-        except ValueError as e:  # block sizes that do not divide the shapes
-          if "is not a multiple" in str(e) or str(e).startswith("k_splits"):
-            return None, "shape"
-          return None, f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
         except Exception as e:  # pylint: disable=broad-except
-          return None, f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
+          text = str(e)
+          if isinstance(e, ValueError) and ("is not a multiple" in text
+                                            or text.startswith("k_splits")):
+            return None, "shape"  # block sizes that do not divide the shapes
+          return None, f"{type(e).__name__}: {text.splitlines()[0][:160] if text else ''}"
 
       start = time.perf_counter()
       with concurrent.futures.ThreadPoolExecutor(max(1, args.compile_threads)) as pool:

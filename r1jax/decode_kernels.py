@@ -49,7 +49,7 @@ def _require(name: str, size: int, block: int, what: str):
     raise ValueError(f"{name}: {what} {size} is not a multiple of its block size {block}")
 
 
-def _check_2d(name: str, a, rank: int = 2):
+def _check_rank(name: str, a, rank: int = 2):
   if a.ndim != rank:
     raise ValueError(f"{name}: expected a rank-{rank} array, got shape {a.shape}")
 
@@ -123,8 +123,8 @@ def norm_matmul(x, norm_w, w, eps: float, *, bias=None, block_r: int = 64, block
   bias: optional [N]. Returns [R, N] in w's dtype. Grid (R / block_r, N / block_n); each program
   reads its x rows whole (sum of squares), then loops over D in chunks of block_k.
   """
-  _check_2d("x", x)
-  _check_2d("w", w)
+  _check_rank("x", x)
+  _check_rank("w", w)
   if w.shape[0] != x.shape[1]:
     raise ValueError(f"w: leading dim {w.shape[0]} != x's last dim {x.shape[1]}")
   n = w.shape[1]
@@ -184,8 +184,8 @@ def norm_gate_up(x, norm_w, w_gate_up, eps: float, *, block_r: int = 64, block_n
   Returns [R, F] in w_gate_up's dtype. Grid (R / block_r, F / block_n): each program computes
   the same column block of gate and of up, so the activation is its epilogue.
   """
-  _check_2d("x", x)
-  _check_2d("w_gate_up", w_gate_up, rank=3)
+  _check_rank("x", x)
+  _check_rank("w_gate_up", w_gate_up, rank=3)
   if w_gate_up.shape[:2] != (x.shape[1], 2):
     raise ValueError(f"w_gate_up: shape {w_gate_up.shape} is not [{x.shape[1]}, 2, F]")
   f = w_gate_up.shape[2]
@@ -265,9 +265,9 @@ def matmul_residual(a, w, residual, *, block_r: int = 64, block_n: int = 64, blo
   XLA fusion) sums the partials and the residual. (Chosen over atomic adds: deterministic, no
   zero-initialised float32 buffer, and the output still needs a cast to residual's dtype.)
   """
-  _check_2d("a", a)
-  _check_2d("w", w)
-  _check_2d("residual", residual)
+  _check_rank("a", a)
+  _check_rank("w", w)
+  _check_rank("residual", residual)
   r, f = a.shape
   if w.shape[0] != f:
     raise ValueError(f"w: leading dim {w.shape[0]} != a's last dim {f}")
