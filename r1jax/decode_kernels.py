@@ -32,7 +32,9 @@ needs power-of-2 blocks, and dots of at least 16 along each dimension.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+from typing import Optional
 
 import jax
 from jax.experimental import pallas as pl
@@ -308,3 +310,76 @@ def matmul_residual(a, w, residual, *, block_r: int = 64, block_n: int = 64, blo
       **common,
   )(a, w)
   return (residual.astype(jnp.float32) + jnp.sum(partials, axis=0)).astype(residual.dtype)
+
+
+# ------------------------------------------------------------------------------------------------
+# The choice of kernel per op, for model.decode_step
+
+
+@dataclasses.dataclass(frozen=True)
+class Blocks:
+  """One kernel's launch configuration (the keyword arguments of the kernels above)."""
+
+  block_r: int = 64
+  block_n: int = 64
+  block_k: int = 128
+  num_warps: int = 4
+  num_stages: int = 3
+  k_splits: int = 1  # matmul_residual only
+
+  def kwargs(self, split: bool = False) -> dict:
+    kw = dict(block_r=self.block_r, block_n=self.block_n, block_k=self.block_k,
+              num_warps=self.num_warps, num_stages=self.num_stages)
+    if split:
+      kw["k_splits"] = self.k_splits
+    return kw
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerKernels:
+  """Which of a decode layer's four matmuls run as a Pallas kernel here, and with what blocks;
+  None: as XLA writes them (model.decode_step's einsums). Hashable (a static argument)."""
+
+  qkv: Optional[Blocks] = None      # norm_matmul
+  wo: Optional[Blocks] = None       # matmul_residual
+  gate_up: Optional[Blocks] = None  # norm_gate_up
+  down: Optional[Blocks] = None     # matmul_residual
+
+
+# The fastest configuration of each op at the Qwen2.5-0.5B shape, and at which row counts it
+# beat XLA (`python benchmarks/decode_gemm.py`, H200, BENCHMARKS.md "Fused decode matmuls in
+# Pallas"): {rows: LayerKernels}. At 256 rows XLA's gate_up (cuBLAS) was faster and wo a tie.
+TUNED = {
+    64: LayerKernels(qkv=Blocks(16, 64, 128, 4, 4), wo=Blocks(64, 64, 64, 8, 3, 8),
+                     gate_up=Blocks(64, 64, 128, 4, 4), down=Blocks(64, 64, 128, 8, 4, 8)),
+    256: LayerKernels(qkv=Blocks(16, 128, 128, 4, 3), down=Blocks(64, 128, 64, 8, 4, 4)),
+}
+
+
+def _fits(b: Blocks, rows: int, n: int, k: int) -> Optional[Blocks]:
+  """b with its blocks cut to the shapes (as the kernels cut them), or None where a shape is not
+  a multiple of its block or a block is below Triton's 16 (that op then stays with XLA)."""
+  cut = dataclasses.replace(b, block_r=min(b.block_r, rows), block_n=min(b.block_n, n),
+                            block_k=min(b.block_k, k))
+  for size, block in ((rows, cut.block_r), (n, cut.block_n), (k, cut.block_k)):
+    if block < 16 or size % block:
+      return None
+  if cut.k_splits > k // cut.block_k:
+    cut = dataclasses.replace(cut, k_splits=k // cut.block_k)
+  return cut
+
+
+def tuned(rows: int, *, hidden: int, qkv_width: int, attn_width: int,
+          intermediate: int) -> LayerKernels:
+  """The TUNED entry for `rows` (the nearest measured row count at or above it, else the
+  largest), each op's blocks fitted to the layer's shapes: hidden D, qkv_width N*(G+2)*K,
+  attn_width H*K, intermediate F. An op whose shapes its blocks do not divide stays with XLA."""
+  key = min((r for r in TUNED if r >= rows), default=max(TUNED))
+  t = TUNED[key]
+
+  def fit(b, n, k):
+    return None if b is None else _fits(b, rows, n, k)
+
+  return LayerKernels(qkv=fit(t.qkv, qkv_width, hidden), wo=fit(t.wo, hidden, attn_width),
+                      gate_up=fit(t.gate_up, intermediate, hidden),
+                      down=fit(t.down, hidden, intermediate))

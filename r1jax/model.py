@@ -19,6 +19,7 @@ from typing import Any, Optional
 import jax
 import jax.numpy as jnp
 
+from r1jax import decode_kernels
 from r1jax.config import ModelConfig
 
 Params = dict[str, Any]
@@ -306,9 +307,12 @@ def ragged_decode_attention(q, ck, cv, start, end):
   return out.reshape(r, n, g, k).astype(q.dtype)
 
 
+_NO_KERNELS = decode_kernels.LayerKernels()
+
+
 def decode_step(head: Params, layers: list[Params], config: ModelConfig, token: jax.Array,
                 position: jax.Array, kv_mask: jax.Array, cache: tuple, slot,
-                kv_range: Optional[tuple[jax.Array, jax.Array]] = None):
+                kv_range: Optional[tuple[jax.Array, jax.Array]] = None, kernels=None):
   """One token per row through the decoder, reading and writing a per-layer KV cache.
 
   Args:
@@ -319,6 +323,9 @@ def decode_step(head: Params, layers: list[Params], config: ModelConfig, token: 
     kv_range: optional ([R] start, [R] end): the valid slots are exactly [start, end) (left-
       padded prompts); attention then reads only those (`ragged_decode_attention`) instead of
       all S slots under `kv_mask`.
+    kernels: optional `decode_kernels.LayerKernels`: which of each layer's four matmuls run as a
+      Pallas kernel with its elementwise neighbours fused (the norm, bias, silu * up, residual
+      add; same numerics up to one rounding of the epilogue); the others as XLA writes them.
 
   Returns:
     (logits [R,V] float32, the cache with slot `slot` written).
@@ -330,11 +337,20 @@ def decode_step(head: Params, layers: list[Params], config: ModelConfig, token: 
   positions = position[:, None]
   valid = kv_mask[:, None, None, :]  # [R,1,1,S]
   new_cache = []
+  eps = config.rms_norm_eps
+  fused = kernels or _NO_KERNELS
   for p, (ck, cv) in zip(layers, cache):
-    h = rms_norm(x, p["attn_norm"], config.rms_norm_eps).astype(dtype)
-    qkv = jnp.einsum("btd,dngk->btngk", h, p["w_qkv"])  # [R,1,N,G+2,K]
-    if config.qkv_bias:
-      qkv = qkv + p["b_qkv"]
+    if fused.qkv is not None:
+      w = p["w_qkv"]
+      bias = p["b_qkv"].reshape(-1) if config.qkv_bias else None
+      qkv = decode_kernels.norm_matmul(x[:, 0], p["attn_norm"], w.reshape(w.shape[0], -1), eps,
+                                       bias=bias, **fused.qkv.kwargs())
+      qkv = qkv.reshape(r, 1, *w.shape[1:])
+    else:
+      h = rms_norm(x, p["attn_norm"], eps).astype(dtype)
+      qkv = jnp.einsum("btd,dngk->btngk", h, p["w_qkv"])  # [R,1,N,G+2,K]
+      if config.qkv_bias:
+        qkv = qkv + p["b_qkv"]
     q = rotary(qkv[:, :, :, :g].reshape(r, 1, n * g, k), positions, config.rope_theta)
     kk = rotary(qkv[:, :, :, g], positions, config.rope_theta)  # [R,1,N,K]
     ck = jax.lax.dynamic_update_slice(ck, kk.swapaxes(1, 2).astype(ck.dtype), (0, 0, slot, 0))
@@ -350,11 +366,24 @@ def decode_step(head: Params, layers: list[Params], config: ModelConfig, token: 
       scores = jnp.where(valid, scores, jnp.finfo(jnp.float32).min)
       probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
       attn = jnp.einsum("rngs,rnsk->rngk", probs, cv.astype(dtype)).reshape(r, 1, n * g, k)
-    x = x + jnp.einsum("bthk,hkd->btd", attn, p["wo"])
-    h = rms_norm(x, p["mlp_norm"], config.rms_norm_eps).astype(dtype)
-    gate_up = jnp.einsum("btd,dcf->btcf", h, p["w_gate_up"])
-    act = jax.nn.silu(gate_up[:, :, 0]) * gate_up[:, :, 1]
-    x = x + jnp.einsum("btf,fd->btd", act, p["w_down"])
+    if fused.wo is not None:
+      wo = p["wo"]
+      x = decode_kernels.matmul_residual(attn.reshape(r, -1), wo.reshape(-1, wo.shape[-1]),
+                                         x[:, 0], **fused.wo.kwargs(split=True))[:, None]
+    else:
+      x = x + jnp.einsum("bthk,hkd->btd", attn, p["wo"])
+    if fused.gate_up is not None:
+      act = decode_kernels.norm_gate_up(x[:, 0], p["mlp_norm"], p["w_gate_up"], eps,
+                                        **fused.gate_up.kwargs())[:, None]
+    else:
+      h = rms_norm(x, p["mlp_norm"], eps).astype(dtype)
+      gate_up = jnp.einsum("btd,dcf->btcf", h, p["w_gate_up"])
+      act = jax.nn.silu(gate_up[:, :, 0]) * gate_up[:, :, 1]
+    if fused.down is not None:
+      x = decode_kernels.matmul_residual(act[:, 0], p["w_down"], x[:, 0],
+                                         **fused.down.kwargs(split=True))[:, None]
+    else:
+      x = x + jnp.einsum("btf,fd->btd", act, p["w_down"])
   x = rms_norm(x, head["final_norm"], config.rms_norm_eps).astype(dtype)
   return unembed(head, x[:, 0], config), tuple(new_cache)
 

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from r1jax import decode_kernels
 from r1jax import model
 from r1jax.config import ModelConfig, dtype_from_name
 
@@ -35,6 +36,8 @@ from r1jax.config import ModelConfig, dtype_from_name
 # ----------------------------------------------------------------------------------------------
 # The decode attention of every SamplingConfig that names none ("xla" or "ragged").
 DEFAULT_ATTENTION = os.environ.get("R1JAX_SAMPLER_ATTENTION", "xla")
+# The decode matmuls of every SamplingConfig that names none ("xla" or "pallas").
+DEFAULT_KERNELS = os.environ.get("R1JAX_SAMPLER_KERNELS", "xla")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +67,11 @@ class SamplingConfig:
   # R1JAX_SAMPLER_ATTENTION), so that every sampler of a run (rollouts, evaluations, rejection
   # sampling) can switch without a flag.
   attention: str = DEFAULT_ATTENTION
+  # "xla": the decode step's weight matmuls as XLA compiles them (cuBLAS and small fusions).
+  # "pallas": those whose shapes fit run as the Pallas kernels of r1jax.decode_kernels with their
+  # norms, bias, activation and residual adds fused, blocks from decode_kernels.TUNED (measured
+  # at the Qwen2.5-0.5B shape on an H200). Default DEFAULT_KERNELS (R1JAX_SAMPLER_KERNELS).
+  kernels: str = DEFAULT_KERNELS
 
   def __post_init__(self):
     def is_int(x):
@@ -84,6 +92,9 @@ class SamplingConfig:
     if self.attention not in ("xla", "ragged"):
       raise ValueError(f"attention={self.attention!r} (R1JAX_SAMPLER_ATTENTION?); expected "
                        "'xla' or 'ragged'")
+    if self.kernels not in ("xla", "pallas"):
+      raise ValueError(f"kernels={self.kernels!r} (R1JAX_SAMPLER_KERNELS?); expected 'xla' or "
+                       "'pallas'")
     # Lists would make the config unhashable; coerce to tuples.
     try:
       eos = tuple(int(i) for i in self.eos_ids)
@@ -287,6 +298,12 @@ def _generate(params, config: ModelConfig, prompt_tokens, prompt_mask, key,
     return [constrain(x[i]) for i in range(config.num_layers)]
 
   head, layers = model.decode_weights(params, config)  # once, outside the decode loop
+  kernels = None
+  if sampling.kernels == "pallas":
+    nq = config.num_heads + 2 * config.num_kv_heads
+    kernels = decode_kernels.tuned(r, hidden=config.hidden_size, qkv_width=nq * config.head_dim,
+                                   attn_width=config.num_heads * config.head_dim,
+                                   intermediate=config.intermediate_size)
   prompt_tokens = jnp.repeat(prompt_tokens, g, axis=0)
   prompt_mask = jnp.repeat(prompt_mask, g, axis=0)
   prompt_lengths = jnp.sum(prompt_mask, axis=-1, dtype=jnp.int32)  # [R]
@@ -319,7 +336,8 @@ def _generate(params, config: ModelConfig, prompt_tokens, prompt_mask, key,
       start = p - prompt_lengths
       kv_range = (start, jnp.where(state.done, start + 1, slot + 1))
     logits, cache = model.decode_step(head, layers, config, state.last, prompt_lengths + t,
-                                      kv_mask, state.cache, slot, kv_range=kv_range)
+                                      kv_mask, state.cache, slot, kv_range=kv_range,
+                                      kernels=kernels)
     cache = tuple((constrain(k), constrain(v)) for k, v in cache)
     state = state._replace(step=t + 1, logits=logits, cache=cache, kv_mask=kv_mask)
     return _sample_and_record(state, key, sampling)

@@ -372,3 +372,50 @@ def test_sampler_attention_default_comes_from_the_environment():
                         "sampling.SamplingConfig(4)"], capture_output=True, text=True,
                        timeout=300, env=dict(os.environ, R1JAX_SAMPLER_ATTENTION="flash"))
   assert bad.returncode != 0 and "R1JAX_SAMPLER_ATTENTION" in bad.stderr
+
+
+def test_pallas_decode_kernels_match_brute_force_and_full_forward():
+  """SamplingConfig(kernels="pallas"): the decode step's four matmuls as the Pallas kernels of
+  r1jax.decode_kernels (interpreted on CPU) at shapes every block fits (16 rows, Qwen2-style
+  bias), with the tokens of brute-force greedy decoding and log-probs of a full forward pass."""
+  from r1jax import decode_kernels  # pylint: disable=import-outside-toplevel
+  config = get_config("tiny").replace(intermediate_size=128, qkv_bias=True, family="qwen2")
+  params = model.init_params(config, jax.random.PRNGKey(0), init_std=0.3)
+  prompts = [[5 + i, 6, 7 + 2 * i][: 1 + i % 3] for i in range(8)]  # 8 x 2 samples = 16 rows
+  tokens, mask = left_pad(prompts, pad_id=0)
+  nq = (config.num_heads + 2 * config.num_kv_heads) * config.head_dim
+  fused = decode_kernels.tuned(16, hidden=config.hidden_size, qkv_width=nq,
+                               attn_width=config.num_heads * config.head_dim,
+                               intermediate=config.intermediate_size)
+  assert None not in (fused.qkv, fused.wo, fused.gate_up, fused.down), fused  # all four run
+  n, g = 6, 2
+  greedy = generate(params, config, tokens, mask, jax.random.PRNGKey(1),
+                    SamplingConfig(max_new_tokens=n, temperature=0.0, num_samples=g,
+                                   kernels="pallas"))
+  for b, prompt in enumerate(prompts):
+    expected = _brute_force_greedy(params, config, prompt, n)
+    np.testing.assert_array_equal(greedy.tokens[b * g], expected, err_msg=f"prompt {b}")
+  out = generate(params, config, tokens, mask, jax.random.PRNGKey(3),
+                 SamplingConfig(max_new_tokens=n, temperature=0.8, num_samples=g,
+                                kernels="pallas", attention="ragged"))
+  logits = _full_logits(params, config, np.concatenate([out.prompt_tokens, out.tokens], 1),
+                        np.concatenate([out.prompt_mask, out.mask], 1))
+  p = tokens.shape[1]
+  logp = _log_softmax(logits[:, p - 1:-1] / 0.8)
+  expected = np.take_along_axis(logp, np.asarray(out.tokens)[..., None], -1)[..., 0]
+  # 5e-5, not 1e-5: the kernels sum the contraction in chunks, in another order than XLA's dot
+  # (float32 rounding of logits of scale ~10); a wrong kernel is off by ~1.
+  np.testing.assert_allclose(np.asarray(out.log_probs), expected, atol=5e-5, rtol=0)
+
+
+def test_pallas_kernels_fall_back_where_blocks_do_not_fit():
+  """decode_kernels.tuned leaves an op with XLA where its shapes are not multiples of blocks of
+  at least 16 (the tiny preset's 6 rows), and cuts k_splits to the contraction's chunks."""
+  from r1jax import decode_kernels  # pylint: disable=import-outside-toplevel
+  shapes = dict(hidden=64, qkv_width=128, attn_width=64, intermediate=128)
+  assert decode_kernels.tuned(6, **shapes) == decode_kernels.LayerKernels()
+  t = decode_kernels.tuned(32, **shapes)
+  assert t.wo.block_r == 32 and t.wo.block_k == 64 and t.wo.k_splits == 1
+  assert decode_kernels.tuned(256, **shapes).gate_up is None  # XLA measured faster there
+  with pytest.raises(ValueError, match="kernels"):
+    SamplingConfig(4, kernels="triton")
