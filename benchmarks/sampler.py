@@ -52,6 +52,9 @@ def parse_args(argv=None):
   parser.add_argument("--attention", default="xla", choices=["xla", "ragged"],
                       help="SamplingConfig.attention: the whole cache under a mask, or only each "
                       "row's filled slots (model.ragged_decode_attention, Pallas)")
+  parser.add_argument("--kernels", default="xla", choices=["xla", "pallas"],
+                      help="SamplingConfig.kernels: the decode matmuls as XLA compiles them, or "
+                      "as r1jax.decode_kernels' fused Pallas kernels")
   parser.add_argument("--check", action="store_true",
                       help="also check the ragged kernel and the returned log-probs (see above)")
   parser.add_argument("--profile", action="store_true",
@@ -163,7 +166,7 @@ def main(argv=None):
   print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), preset {args.preset}, "
         f"{config.num_params() / 1e6:.1f}M params, dtype {args.dtype}, P={p}, N={n}, "
         f"temperature={args.temperature}, top_k={args.top_k}, top_p={args.top_p}, "
-        f"attention={args.attention}, sampler XLA options {COMPILER_OPTIONS or '{}'}")
+        f"attention={args.attention}, kernels={args.kernels}, sampler XLA options {COMPILER_OPTIONS or '{}'}")
   print(f"measured copy bandwidth: {bandwidth / 1e9:.1f} GB/s; weights read per step: "
         f"{weight_bytes / 1e6:.1f} MB")
   failures = 0
@@ -176,7 +179,8 @@ def main(argv=None):
     mask = jnp.ones((batch, p), bool)
     key = jax.random.PRNGKey(1)
     sampling = SamplingConfig(max_new_tokens=n, temperature=args.temperature, top_k=args.top_k,
-                              top_p=args.top_p, attention=args.attention)  # no EOS: all N steps
+                              top_p=args.top_p, attention=args.attention,
+                              kernels=args.kernels)  # no EOS: all N steps
     prefill_only = dataclasses.replace(sampling, max_new_tokens=1)
 
     def run(s):
