@@ -346,13 +346,16 @@ class LayerKernels:
   down: Optional[Blocks] = None     # matmul_residual
 
 
-# The fastest configuration of each op at the Qwen2.5-0.5B shape, and at which row counts it
-# beat XLA (`python benchmarks/decode_gemm.py`, H200, BENCHMARKS.md "Fused decode matmuls in
-# Pallas"): {rows: LayerKernels}. At 256 rows XLA's gate_up (cuBLAS) was faster and wo a tie.
+# The kernels that made the whole sampler faster, with each op's fastest blocks from
+# `python benchmarks/decode_gemm.py` (Qwen2.5-0.5B shape, H200), {rows: LayerKernels}. Measured
+# end to end (`benchmarks/sampler.py --attention ragged --kernels pallas`, BENCHMARKS.md "The
+# fused Pallas matmuls in the sampler"): at 64 rows wo + down in Pallas took 1.210 ms per decode
+# step against XLA's 1.283; adding qkv (1.331 with wo alone) or gate_up made it slower (cuBLAS
+# reads gate_up's 17 MB at ~2.3 TB/s, the Pallas kernel at ~0.9). At 256 rows no combination
+# measured beat XLA, so every op stays with it there.
 TUNED = {
-    64: LayerKernels(qkv=Blocks(16, 64, 128, 4, 4), wo=Blocks(64, 64, 64, 8, 3, 8),
-                     gate_up=Blocks(64, 64, 128, 4, 4), down=Blocks(64, 64, 128, 8, 4, 8)),
-    256: LayerKernels(qkv=Blocks(16, 128, 128, 4, 3), down=Blocks(64, 128, 64, 8, 4, 4)),
+    64: LayerKernels(wo=Blocks(64, 64, 64, 8, 3, 8), down=Blocks(64, 64, 128, 8, 4, 8)),
+    256: LayerKernels(),
 }
 
 

@@ -374,7 +374,7 @@ def test_sampler_attention_default_comes_from_the_environment():
   assert bad.returncode != 0 and "R1JAX_SAMPLER_ATTENTION" in bad.stderr
 
 
-def test_pallas_decode_kernels_match_brute_force_and_full_forward():
+def test_pallas_decode_kernels_match_brute_force_and_full_forward(monkeypatch):
   """SamplingConfig(kernels="pallas"): the decode step's four matmuls as the Pallas kernels of
   r1jax.decode_kernels (interpreted on CPU) at shapes every block fits (16 rows, Qwen2-style
   bias), with the tokens of brute-force greedy decoding and log-probs of a full forward pass."""
@@ -383,11 +383,16 @@ def test_pallas_decode_kernels_match_brute_force_and_full_forward():
   params = model.init_params(config, jax.random.PRNGKey(0), init_std=0.3)
   prompts = [[5 + i, 6, 7 + 2 * i][: 1 + i % 3] for i in range(8)]  # 8 x 2 samples = 16 rows
   tokens, mask = left_pad(prompts, pad_id=0)
+  b = decode_kernels.Blocks
+  monkeypatch.setattr(decode_kernels, "TUNED", {64: decode_kernels.LayerKernels(
+      qkv=b(16, 64, 128), wo=b(64, 64, 32, k_splits=2), gate_up=b(64, 64, 128),
+      down=b(64, 64, 64, k_splits=2))})  # all four kernels, two of them split over K
   nq = (config.num_heads + 2 * config.num_kv_heads) * config.head_dim
   fused = decode_kernels.tuned(16, hidden=config.hidden_size, qkv_width=nq,
                                attn_width=config.num_heads * config.head_dim,
                                intermediate=config.intermediate_size)
   assert None not in (fused.qkv, fused.wo, fused.gate_up, fused.down), fused  # all four run
+  assert fused.wo.k_splits == 2 and fused.down.k_splits == 2
   n, g = 6, 2
   greedy = generate(params, config, tokens, mask, jax.random.PRNGKey(1),
                     SamplingConfig(max_new_tokens=n, temperature=0.0, num_samples=g,
@@ -416,6 +421,6 @@ def test_pallas_kernels_fall_back_where_blocks_do_not_fit():
   assert decode_kernels.tuned(6, **shapes) == decode_kernels.LayerKernels()
   t = decode_kernels.tuned(32, **shapes)
   assert t.wo.block_r == 32 and t.wo.block_k == 64 and t.wo.k_splits == 1
-  assert decode_kernels.tuned(256, **shapes).gate_up is None  # XLA measured faster there
+  assert decode_kernels.tuned(256, **shapes) == decode_kernels.LayerKernels()  # XLA was faster
   with pytest.raises(ValueError, match="kernels"):
     SamplingConfig(4, kernels="triton")
