@@ -166,7 +166,8 @@ def main(argv=None):
   print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), preset {args.preset}, "
         f"{config.num_params() / 1e6:.1f}M params, dtype {args.dtype}, P={p}, N={n}, "
         f"temperature={args.temperature}, top_k={args.top_k}, top_p={args.top_p}, "
-        f"attention={args.attention}, kernels={args.kernels}, sampler XLA options {COMPILER_OPTIONS or '{}'}")
+        f"attention={args.attention}, kernels={args.kernels}, "
+        f"sampler XLA options {COMPILER_OPTIONS or '{}'}")
   print(f"measured copy bandwidth: {bandwidth / 1e9:.1f} GB/s; weights read per step: "
         f"{weight_bytes / 1e6:.1f} MB")
   failures = 0

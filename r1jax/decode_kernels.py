@@ -372,17 +372,17 @@ def _fits(b: Blocks, rows: int, n: int, k: int) -> Optional[Blocks]:
   return cut
 
 
-def tuned(rows: int, *, hidden: int, qkv_width: int, attn_width: int,
-          intermediate: int) -> LayerKernels:
+def tuned(rows: int, config) -> LayerKernels:
   """The TUNED entry for `rows` (the nearest measured row count at or above it, else the
-  largest), each op's blocks fitted to the layer's shapes: hidden D, qkv_width N*(G+2)*K,
-  attn_width H*K, intermediate F. An op whose shapes its blocks do not divide stays with XLA."""
-  key = min((r for r in TUNED if r >= rows), default=max(TUNED))
-  t = TUNED[key]
+  largest), each op's blocks fitted to the layer shapes of `config` (a ModelConfig). An op whose
+  shapes its blocks do not divide stays with XLA."""
+  t = TUNED[min((r for r in TUNED if r >= rows), default=max(TUNED))]
+  d, f = config.hidden_size, config.intermediate_size
+  hk = config.num_heads * config.head_dim  # the attention output's width
+  qkv = hk + 2 * config.num_kv_heads * config.head_dim
 
   def fit(b, n, k):
     return None if b is None else _fits(b, rows, n, k)
 
-  return LayerKernels(qkv=fit(t.qkv, qkv_width, hidden), wo=fit(t.wo, hidden, attn_width),
-                      gate_up=fit(t.gate_up, intermediate, hidden),
-                      down=fit(t.down, hidden, intermediate))
+  return LayerKernels(qkv=fit(t.qkv, qkv, d), wo=fit(t.wo, d, hk), gate_up=fit(t.gate_up, f, d),
+                      down=fit(t.down, d, f))

@@ -298,12 +298,7 @@ def _generate(params, config: ModelConfig, prompt_tokens, prompt_mask, key,
     return [constrain(x[i]) for i in range(config.num_layers)]
 
   head, layers = model.decode_weights(params, config)  # once, outside the decode loop
-  kernels = None
-  if sampling.kernels == "pallas":
-    nq = config.num_heads + 2 * config.num_kv_heads
-    kernels = decode_kernels.tuned(r, hidden=config.hidden_size, qkv_width=nq * config.head_dim,
-                                   attn_width=config.num_heads * config.head_dim,
-                                   intermediate=config.intermediate_size)
+  kernels = decode_kernels.tuned(r, config) if sampling.kernels == "pallas" else None
   prompt_tokens = jnp.repeat(prompt_tokens, g, axis=0)
   prompt_mask = jnp.repeat(prompt_mask, g, axis=0)
   prompt_lengths = jnp.sum(prompt_mask, axis=-1, dtype=jnp.int32)  # [R]

@@ -387,10 +387,7 @@ def test_pallas_decode_kernels_match_brute_force_and_full_forward(monkeypatch):
   monkeypatch.setattr(decode_kernels, "TUNED", {64: decode_kernels.LayerKernels(
       qkv=b(16, 64, 128), wo=b(64, 64, 32, k_splits=2), gate_up=b(64, 64, 128),
       down=b(64, 64, 64, k_splits=2))})  # all four kernels, two of them split over K
-  nq = (config.num_heads + 2 * config.num_kv_heads) * config.head_dim
-  fused = decode_kernels.tuned(16, hidden=config.hidden_size, qkv_width=nq,
-                               attn_width=config.num_heads * config.head_dim,
-                               intermediate=config.intermediate_size)
+  fused = decode_kernels.tuned(16, config)
   assert None not in (fused.qkv, fused.wo, fused.gate_up, fused.down), fused  # all four run
   assert fused.wo.k_splits == 2 and fused.down.k_splits == 2
   n, g = 6, 2
@@ -417,10 +414,11 @@ def test_pallas_kernels_fall_back_where_blocks_do_not_fit():
   """decode_kernels.tuned leaves an op with XLA where its shapes are not multiples of blocks of
   at least 16 (the tiny preset's 6 rows), and cuts k_splits to the contraction's chunks."""
   from r1jax import decode_kernels  # pylint: disable=import-outside-toplevel
-  shapes = dict(hidden=64, qkv_width=128, attn_width=64, intermediate=128)
-  assert decode_kernels.tuned(6, **shapes) == decode_kernels.LayerKernels()
-  t = decode_kernels.tuned(32, **shapes)
+  config = get_config("tiny").replace(intermediate_size=128)  # D 64, H*K 64, F 128
+  assert decode_kernels.tuned(6, config) == decode_kernels.LayerKernels()
+  t = decode_kernels.tuned(32, config)
   assert t.wo.block_r == 32 and t.wo.block_k == 64 and t.wo.k_splits == 1
-  assert decode_kernels.tuned(256, **shapes) == decode_kernels.LayerKernels()  # XLA was faster
+  assert t.down.block_k == 128 and t.down.k_splits == 1
+  assert decode_kernels.tuned(256, config) == decode_kernels.LayerKernels()  # XLA was faster
   with pytest.raises(ValueError, match="kernels"):
     SamplingConfig(4, kernels="triton")
