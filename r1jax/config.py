@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Optional
 
 import jax.numpy as jnp
@@ -12,6 +13,11 @@ _DTYPES = {
     "bfloat16": jnp.bfloat16,
     "float16": jnp.float16,
 }
+
+# Attention of the full-sequence forward (training, log-prob passes, SFT, pretraining); see
+# ModelConfig.attention. The environment variable switches every ModelConfig that names none.
+ATTENTION_CHOICES = ("auto", "xla", "cudnn")
+DEFAULT_ATTENTION = os.environ.get("R1JAX_ATTENTION", "auto")
 
 
 def dtype_from_name(name: str):
@@ -27,6 +33,10 @@ class ModelConfig:
 
   `dtype` is the compute dtype of activations and matmuls; `param_dtype` the storage dtype of
   the parameters. Norms, softmax and logits are always computed in float32.
+
+  `attention` and `fused_logprobs` choose implementations, not the model: they never enter the
+  exported config.json (`hf.config_to_hf` names its fields) and leave the outputs unchanged up
+  to rounding.
   """
 
   vocab_size: int
@@ -49,6 +59,15 @@ class ModelConfig:
   pad_token_id: Optional[int] = None
   # "llama" or "qwen2": used to write back a config.json that transformers understands.
   family: str = "qwen2"
+  # Attention of `model.forward` without a KV cache (the decode path has its own kernels):
+  # "xla": einsum scores under a [B,1,1,T,S] mask (`model.attend`). "cudnn": cuDNN's fused
+  # flash attention (jax.nn.dot_product_attention(implementation="cudnn"); GPU, bf16/fp16).
+  # "auto": cudnn where it applies (a CUDA GPU, bf16/fp16 compute, head_dim a multiple of 8 up
+  # to 128), else xla. Default DEFAULT_ATTENTION (the environment variable R1JAX_ATTENTION).
+  attention: str = DEFAULT_ATTENTION
+  # `model.sequence_log_probs`: unembedding, log-softmax, gather and entropy fused over chunks
+  # of positions with a recomputing backward (never [B,T,V] float32 logits), or the plain path.
+  fused_logprobs: bool = True
 
   def __post_init__(self):
     if self.head_dim is None:
@@ -62,6 +81,9 @@ class ModelConfig:
       raise ValueError(f"family={self.family!r}; expected 'llama' or 'qwen2'")
     dtype_from_name(self.dtype)
     dtype_from_name(self.param_dtype)
+    if self.attention not in ATTENTION_CHOICES:
+      raise ValueError(f"attention={self.attention!r} (R1JAX_ATTENTION?); expected one of "
+                       f"{ATTENTION_CHOICES}")
 
   @property
   def compute_dtype(self):

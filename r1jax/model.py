@@ -14,6 +14,7 @@ writes one slot per step for the whole batch. `positions` (for RoPE) count only 
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Optional
 
 import jax
@@ -139,14 +140,82 @@ def attend(q, k, v, mask):
   return out.reshape(b, t, h, d)
 
 
+# jax.nn.dot_product_attention's `implementation` for each ModelConfig.attention that calls it.
+# (The tests map "cudnn" to jax's "xla" implementation to run the same call on a CPU.)
+DOT_PRODUCT_ATTENTION = {"cudnn": "cudnn"}
+
+
+def dot_product_attention(q, k, v, kv_mask, *, implementation: str, causal_only: bool = False):
+  """Causal grouped-query self-attention through jax.nn.dot_product_attention.
+
+  q: [B,T,H,K]; k, v: [B,T,N,K]; kv_mask: [B,T] bool -> [B,T,H,K]. `causal_only`: each row's
+  valid tokens are a prefix (right padding), so a valid query's causal window holds only valid
+  keys and the causal mask is the whole mask (cuDNN's fastest mode: is_causal, no mask). Else
+  the key mask goes in as a boolean [B,1,T,S] mask (cuDNN adds it as a bias) on top of
+  is_causal. Outputs at padded query slots are unspecified (finite); they differ between
+  implementations and reach no valid position.
+  """
+  mask = None
+  if not causal_only:
+    b, t = kv_mask.shape
+    mask = jnp.broadcast_to(kv_mask.astype(bool)[:, None, None, :], (b, 1, t, t))
+  return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=True,
+                                      implementation=implementation)
+
+
+def _cuda_gpu() -> bool:
+  if jax.default_backend() != "gpu":
+    return False
+  try:
+    return "cuda" in jax.devices()[0].client.platform_version.lower()
+  except AttributeError:  # no client object: assume CUDA, the only GPU backend with cuDNN
+    return True
+
+
+def attention_implementation(config: ModelConfig, length: int, causal_only: bool) -> str:
+  """The attention that `forward` (no cache) runs for `config.attention`: "xla" or "cudnn".
+
+  "auto" takes cuDNN on a CUDA GPU for bf16/fp16 compute and a head dim that is a multiple of 8
+  up to 128; with a padding mask (not `causal_only`) also only for an even `length` (cuDNN's
+  backward with a bias needs one). Everywhere else (CPU, TPU, float32, the tests) XLA.
+  """
+  if config.attention != "auto":
+    return config.attention
+  if not _cuda_gpu() or config.dtype not in ("bfloat16", "float16"):
+    return "xla"
+  if config.head_dim % 8 or config.head_dim > 128:
+    return "xla"
+  if not causal_only and length % 2:
+    return "xla"
+  return "cudnn"
+
+
+def self_attention(q, k, v, kv_mask, *, implementation: str, causal_only: bool = False):
+  """Causal self-attention over a whole sequence (no cache) with `implementation`.
+
+  q: [B,T,H,K]; k, v: [B,T,N,K]; kv_mask: [B,T] bool -> [B,T,H,K]. "xla" is `attend` under
+  the full causal-and-valid mask whatever `causal_only` says (same values at valid slots).
+  """
+  if implementation == "xla":
+    return attend(q, k, v, attention_mask(kv_mask.astype(bool), jnp.arange(q.shape[1])))
+  if implementation in DOT_PRODUCT_ATTENTION:
+    return dot_product_attention(q, k, v, kv_mask, causal_only=causal_only,
+                                 implementation=DOT_PRODUCT_ATTENTION[implementation])
+  raise ValueError(f"attention implementation {implementation!r}; expected 'xla' or "
+                   f"{sorted(DOT_PRODUCT_ATTENTION)}")
+
+
 def mlp(x, p, dtype):
   gate = jnp.einsum("btd,df->btf", x, p["w_gate"].astype(dtype))
   up = jnp.einsum("btd,df->btf", x, p["w_up"].astype(dtype))
   return jnp.einsum("btf,fd->btd", jax.nn.silu(gate) * up, p["w_down"].astype(dtype))
 
 
-def _block(x, p, layer_cache, *, config, positions, mask, cache_index):
-  """One transformer block. layer_cache: None or (k [B,S,N,K], v [B,S,N,K])."""
+def _block(x, p, layer_cache, *, config, positions, mask, cache_index, attention=None):
+  """One transformer block. layer_cache: None or (k [B,S,N,K], v [B,S,N,K]).
+
+  attention: None (attend under `mask`) or, without a cache, a function (q, k, v) -> out
+  that runs the self-attention (`self_attention` with the forward's implementation)."""
   dtype = config.compute_dtype
   h = rms_norm(x, p["attn_norm"], config.rms_norm_eps).astype(dtype)
   q = jnp.einsum("btd,dhk->bthk", h, p["wq"].astype(dtype))
@@ -162,7 +231,7 @@ def _block(x, p, layer_cache, *, config, positions, mask, cache_index):
     cv = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, cache_index, 0, 0))
     layer_cache = (ck, cv)
     k, v = ck.astype(dtype), cv.astype(dtype)
-  attn = attend(q, k, v, mask)
+  attn = attend(q, k, v, mask) if attention is None else attention(q, k, v)
   x = x + jnp.einsum("bthk,hkd->btd", attn, p["wo"].astype(dtype))
   h = rms_norm(x, p["mlp_norm"], config.rms_norm_eps).astype(dtype)
   x = x + mlp(h, p, dtype)
@@ -178,7 +247,7 @@ REMAT_POLICIES = {
 
 def forward(params: Params, tokens: jax.Array, config: ModelConfig, *, positions: jax.Array,
             kv_mask: jax.Array, cache: Optional[KVCache] = None, cache_index=0,
-            remat: str = "none", return_hidden: bool = False):
+            remat: str = "none", return_hidden: bool = False, causal_only: bool = False):
   """Runs the decoder.
 
   Args:
@@ -190,6 +259,12 @@ def forward(params: Params, tokens: jax.Array, config: ModelConfig, *, positions
       [cache_index, cache_index + T).
     remat: rematerialization of each block in the backward pass: none | full | dots.
     return_hidden: return the final normed hidden states [B,T,D] instead of logits.
+    causal_only: (no cache) every row's valid tokens are a prefix (right padding): padded keys
+      follow every valid query, so the causal mask alone gives the same values at valid slots
+      and cuDNN runs without a mask. Wrong (not detected) for left-padded or holed masks.
+
+  Without a cache the attention is `config.attention` (`attention_implementation`); with one
+  it is always `attend` (prefill of the sampler).
 
   Returns:
     (logits [B,T,V] float32 or hidden [B,T,D], updated cache or None).
@@ -197,9 +272,19 @@ def forward(params: Params, tokens: jax.Array, config: ModelConfig, *, positions
   if remat not in REMAT_POLICIES:
     raise ValueError(f"remat={remat!r}; expected one of {sorted(REMAT_POLICIES)}")
   dtype = config.compute_dtype
+  if causal_only and cache is not None:
+    raise ValueError("causal_only applies to a forward without a KV cache")
   x = jnp.take(params["embed"], tokens, axis=0).astype(dtype)
-  query_slots = cache_index + jnp.arange(tokens.shape[1])
-  mask = attention_mask(kv_mask, query_slots)
+  mask, attention = None, None
+  if cache is None:
+    impl = attention_implementation(config, tokens.shape[1], causal_only)
+    if impl == "xla":  # one mask for all layers, built outside the scan as before
+      mask = attention_mask(kv_mask, jnp.arange(tokens.shape[1]))
+    else:
+      attention = lambda q, k, v: self_attention(  # noqa: E731
+          q, k, v, kv_mask, implementation=impl, causal_only=causal_only)
+  else:
+    mask = attention_mask(kv_mask, cache_index + jnp.arange(tokens.shape[1]))
 
   def body(carry, layer_params):
     x, ck, cv, i = carry
@@ -207,7 +292,7 @@ def forward(params: Params, tokens: jax.Array, config: ModelConfig, *, positions
     if cache is not None:
       layer_cache = (ck[i], cv[i])
     x, layer_cache = _block(x, layer_params, layer_cache, config=config, positions=positions,
-                            mask=mask, cache_index=cache_index)
+                            mask=mask, cache_index=cache_index, attention=attention)
     if cache is not None:
       ck = jax.lax.dynamic_update_index_in_dim(ck, layer_cache[0], i, 0)
       cv = jax.lax.dynamic_update_index_in_dim(cv, layer_cache[1], i, 0)
@@ -408,19 +493,147 @@ def token_log_probs(logits: jax.Array, targets: jax.Array, temperature: float = 
   return picked, entropy
 
 
+# ----------------------------------------------------------------------------------------------
+# Log-probs of given tokens without [B,T,V] float32 logits
+# ----------------------------------------------------------------------------------------------
+# Bytes of float32 logits per chunk of `fused_token_log_probs` when no chunk size is given. The
+# backward holds about three such arrays at once (logits, probabilities, their gradient).
+FUSED_CHUNK_BYTES = 1 << 30
+
+
+def fused_chunk_size(rows: int, length: int, vocab: int,
+                     budget_bytes: int = FUSED_CHUNK_BYTES) -> int:
+  """Positions per chunk so that rows * chunk * vocab float32 logits fit `budget_bytes` (at
+  least 1), spread evenly over the chunks that `length` then needs (least padding)."""
+  most = max(1, min(length, budget_bytes // (4 * rows * vocab)))
+  chunks = -(-length // most)
+  return -(-length // chunks)
+
+
+def _unembedding(params: Params, config: ModelConfig) -> jax.Array:
+  """The unembedding matrix in the compute dtype: embed [V,D] if tied, else lm_head [D,V]."""
+  name = "embed" if config.tie_embeddings else "lm_head"
+  return params[name].astype(config.compute_dtype)
+
+
+def _chunk_logits(h, w, vocab_major: bool):
+  """h: [B,C,D], w: [V,D] (vocab_major) or [D,V] -> float32 logits [B,C,V]."""
+  spec = "bcd,vd->bcv" if vocab_major else "bcd,dv->bcv"
+  return jnp.einsum(spec, h, w, preferred_element_type=jnp.float32)
+
+
+def _chunk_stats(h, w, targets, temperature, vocab_major):
+  """log p(target), entropy and log-normalizer [B,C] of one chunk, with z = logits / T."""
+  z = _chunk_logits(h, w, vocab_major) / temperature
+  lse = jax.nn.logsumexp(z, axis=-1)
+  logp = z - lse[..., None]
+  picked = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+  entropy = -jnp.sum(jnp.exp(logp) * logp, axis=-1)
+  return picked, entropy, lse
+
+
+def _to_chunks(x, chunk: int):
+  """[B,T,...] -> [n,B,chunk,...], T zero-padded to n * chunk."""
+  b, t = x.shape[:2]
+  pad = (-t) % chunk
+  x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
+  return x.reshape(b, -1, chunk, *x.shape[2:]).swapaxes(0, 1)
+
+
+def _from_chunks(x, length: int):
+  """[n,B,chunk,...] -> [B,length,...]."""
+  x = x.swapaxes(0, 1)
+  return x.reshape(x.shape[0], -1, *x.shape[3:])[:, :length]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def _fused_log_probs(hidden, w, targets, temperature, chunk, vocab_major):
+  out, _ = _fused_log_probs_fwd(hidden, w, targets, temperature, chunk, vocab_major)
+  return out
+
+
+def _fused_log_probs_fwd(hidden, w, targets, temperature, chunk, vocab_major):
+  t = hidden.shape[1]
+  picked, entropy, lse = jax.lax.map(
+      lambda a: _chunk_stats(a[0], w, a[1], temperature, vocab_major),
+      (_to_chunks(hidden, chunk), _to_chunks(targets, chunk)))
+  picked, entropy, lse = (_from_chunks(x, t) for x in (picked, entropy, lse))
+  return (picked, entropy), (hidden, w, targets, entropy, lse)
+
+
+def _fused_log_probs_bwd(temperature, chunk, vocab_major, res, cotangents):
+  """Recomputes each chunk's logits; d logp(y)/dz = onehot(y) - p and
+  dH/dz = -p (log p + H) with z = logits / T, so d/dlogits is that over T. The logits' gradient
+  is cast to the compute dtype for the two matmuls (bf16 on GPU, as the unfused path's own
+  matmul inputs); the weight gradient accumulates over chunks in float32."""
+  hidden, w, targets, entropy, lse = res
+  g_picked, g_entropy = cotangents
+  t = hidden.shape[1]
+
+  def one(dw, a):
+    h, tgt, ent, lz, gp, ge = a
+    logp = _chunk_logits(h, w, vocab_major) / temperature - lz[..., None]
+    p = jnp.exp(logp)
+    dz = -p * (gp[..., None] + ge[..., None] * (logp + ent[..., None]))
+    dz = dz + gp[..., None] * (jnp.arange(logp.shape[-1]) == tgt[..., None])
+    dlogits = (dz / temperature).astype(h.dtype)
+    if vocab_major:
+      dh = jnp.einsum("bcv,vd->bcd", dlogits, w, preferred_element_type=jnp.float32)
+      dw = dw + jnp.einsum("bcv,bcd->vd", dlogits, h, preferred_element_type=jnp.float32)
+    else:
+      dh = jnp.einsum("bcv,dv->bcd", dlogits, w, preferred_element_type=jnp.float32)
+      dw = dw + jnp.einsum("bcd,bcv->dv", h, dlogits, preferred_element_type=jnp.float32)
+    return dw, dh.astype(h.dtype)
+
+  xs = tuple(_to_chunks(x, chunk) for x in (hidden, targets, entropy, lse,
+                                             g_picked.astype(jnp.float32),
+                                             g_entropy.astype(jnp.float32)))
+  dw, dh = jax.lax.scan(one, jnp.zeros(w.shape, jnp.float32), xs)
+  return _from_chunks(dh, t), dw.astype(w.dtype), None
+
+
+_fused_log_probs.defvjp(_fused_log_probs_fwd, _fused_log_probs_bwd)
+
+
+def fused_token_log_probs(params: Params, hidden: jax.Array, targets: jax.Array,
+                          config: ModelConfig, *, temperature: float = 1.0,
+                          chunk_size: Optional[int] = None):
+  """`token_log_probs(unembed(params, hidden, config), targets, temperature)` without the
+  [B,T,V] float32 logits: the unembedding, log-softmax, gather and entropy run over chunks of
+  `chunk_size` positions (all B rows each; default `fused_chunk_size`), and the backward
+  recomputes each chunk's logits (a custom VJP) to return the gradients w.r.t. `hidden` and the
+  unembedding weight (tied embedding or lm_head). Both outputs carry gradients.
+
+  hidden: [B,T,D] in the compute dtype; targets: [B,T] int. Returns (logp, entropy) [B,T]
+  float32.
+  """
+  b, t = targets.shape
+  chunk = chunk_size or fused_chunk_size(b, t, config.vocab_size)
+  chunk = max(1, min(int(chunk), t))
+  return _fused_log_probs(hidden, _unembedding(params, config), targets.astype(jnp.int32),
+                          float(temperature), chunk, config.tie_embeddings)
+
+
 def sequence_log_probs(params: Params, tokens: jax.Array, mask: jax.Array, config: ModelConfig,
                        *, temperature: float = 1.0, remat: str = "none",
-                       chunk_size: Optional[int] = None):
+                       chunk_size: Optional[int] = None, causal_only: bool = False,
+                       fused: Optional[bool] = None):
   """Log-prob of each next token of `tokens` under the policy, and the policy's entropy.
 
   tokens, mask: [B,T]. Returns (logp [B,T-1], entropy [B,T-1]) where entry t scores token t+1
-  given tokens <= t. `chunk_size` unembeds the sequence in chunks of that many positions so the
-  [B,T,V] float32 logits are never materialized at once (large vocabularies).
+  given tokens <= t. `causal_only`: the valid tokens of every row are a prefix (right padding;
+  see `forward`). `fused` (default config.fused_logprobs): `fused_token_log_probs`, chunks of
+  `chunk_size` positions or sized by `fused_chunk_size` when None. Unfused: `chunk_size`
+  unembeds in checkpointed chunks of that many positions, None materializes the [B,T,V]
+  float32 logits at once.
   """
   positions = positions_from_mask(mask)
   hidden, _ = forward(params, tokens, config, positions=positions, kv_mask=mask.astype(bool),
-                      remat=remat, return_hidden=True)
+                      remat=remat, return_hidden=True, causal_only=causal_only)
   hidden, targets = hidden[:, :-1], tokens[:, 1:]
+  if config.fused_logprobs if fused is None else fused:
+    return fused_token_log_probs(params, hidden, targets, config, temperature=temperature,
+                                 chunk_size=chunk_size)
   if chunk_size is None or chunk_size >= hidden.shape[1]:
     return token_log_probs(unembed(params, hidden, config), targets, temperature)
   t = hidden.shape[1]
