@@ -54,6 +54,7 @@ import datetime
 import importlib.metadata
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -114,6 +115,8 @@ def parse_args(argv=None):
   parser.add_argument("--seed", type=int, default=0, help="weights, prompts and lengths")
   parser.add_argument("--cases", default="fixed,variable", help="comma list of fixed, variable")
   parser.add_argument("--sides", default="r1jax,trl", help="comma list of r1jax, trl")
+  parser.add_argument("--grpo_step_args", default="",
+                      help="more flags for grpo_step.py (r1jax side), e.g. '--length_buckets 4'")
   parser.add_argument("--out", default="",
                       help="JSON result file (default benchmarks/results/vs_trl-<date>.json)")
   parser.add_argument("--small", action="store_true",
@@ -174,7 +177,7 @@ def grpo_step_argv(args, lengths_file: str = "") -> list[str]:
     argv += ["--logprob_chunk_size", "16"]
   if lengths_file:
     argv += ["--lengths_file", lengths_file]
-  return argv
+  return argv + shlex.split(args.grpo_step_args)
 
 
 def parse_grpo_step(text: str) -> dict:
@@ -255,7 +258,8 @@ def run_trl(args, case: str, lengths_file: str, workdir: str) -> dict:
 def build_tokenizer(vocab_size: int):
   """A PreTrainedTokenizerFast over the words <pad> <eos> <unk> w3 ... w{vocab_size-1}, split on
   whitespace: one id a word, so a prompt of P words is P tokens."""
-  from tokenizers import Tokenizer, models, pre_tokenizers  # pylint: disable=import-outside-toplevel
+  from tokenizers import (  # pylint: disable=import-outside-toplevel
+      Tokenizer, models, pre_tokenizers)
   from transformers import PreTrainedTokenizerFast  # pylint: disable=import-outside-toplevel
 
   vocab = {"<pad>": 0, "<eos>": 1, "<unk>": 2}
@@ -289,7 +293,9 @@ def save_random_model(args, tokenizer, path: str):
               pad_token_id=tokenizer.pad_token_id)
   hf_config = transformers.AutoConfig.for_model(spec.pop("model_type"), **spec)
   torch.manual_seed(args.seed)
-  model = transformers.AutoModelForCausalLM.from_config(hf_config, dtype=getattr(torch, args.dtype))
+  with torch.device("cuda" if torch.cuda.is_available() else "cpu"):  # initializes faster there
+    model = transformers.AutoModelForCausalLM.from_config(hf_config,
+                                                          dtype=getattr(torch, args.dtype))
   model.generation_config.eos_token_id = tokenizer.eos_token_id
   model.generation_config.pad_token_id = tokenizer.pad_token_id
   model.save_pretrained(path)
@@ -414,8 +420,9 @@ def trl_worker(args) -> int:
     model_dir = os.path.join(tmp, "model")
     save_random_model(args, tokenizer, model_dir)
     config = trl.GRPOConfig(
-        output_dir=os.path.join(tmp, "out"), per_device_train_batch_size=rows //
-        args.gradient_accumulation_steps, gradient_accumulation_steps=args.gradient_accumulation_steps,
+        output_dir=os.path.join(tmp, "out"),
+        per_device_train_batch_size=rows // args.gradient_accumulation_steps,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
         num_generations=args.num_generations, max_completion_length=args.new_tokens,
         num_iterations=args.num_iterations, beta=args.beta, bf16=bf16 and cuda,
         gradient_checkpointing=args.remat != "none", max_steps=args.num_iterations * cycles,
@@ -457,7 +464,8 @@ def trl_worker(args) -> int:
   median = {k: float(np.median([c[k] for c in timed_cycles])) for k in PHASES + ("total",)}
   median["first_step"] = per_cycle[0]["total"]
   # Optimizer steps without generation: every step of a cycle but its first.
-  plain = [s for i, s in enumerate(step_times) if i % args.num_iterations and i >= args.num_iterations]
+  plain = [s for i, s in enumerate(step_times)
+           if i % args.num_iterations and i >= args.num_iterations]
   result = dict(median, generated_tokens=int(np.median([sum(g) for g in generated])),
                 lengths_match=all(g == target for g in generated),
                 optimizer_step=float(np.median(plain)) if plain else None,
@@ -541,6 +549,9 @@ def main(argv=None):
           got = run_trl(args, case, lengths_file, workdir)
         got["wall_s"] = time.perf_counter() - start
         failed |= "error" in got
+        if got.get("lengths_match") is False:
+          got["error"] = "TRL's completions do not have the forced lengths"
+          failed = True
         if "generated_tokens" in got and got["generated_tokens"] != lengths.sum():
           got["error"] = (f"generated {got['generated_tokens']} tokens a step, not the "
                           f"{lengths.sum()} of the lengths")
