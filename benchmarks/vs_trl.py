@@ -319,12 +319,11 @@ def forced_lengths_processor(lengths, eos_id: int):
       if scores.shape[0] != lengths.shape[0]:
         raise ValueError(f"generate got {scores.shape[0]} rows; the lengths are for "
                          f"{lengths.shape[0]}")
-      t = input_ids.shape[1] - self.prompt_width
-      last = (lengths - 1 == t)[:, None]
-      eos = torch.zeros_like(scores, dtype=torch.bool)
-      eos[:, eos_id] = True
-      out = scores.masked_fill(last & ~eos, -float("inf"))
-      return out.masked_fill(~last & eos & (lengths - 1 > t)[:, None], -float("inf"))
+      t = input_ids.shape[1] - self.prompt_width  # index of the token being chosen
+      eos = torch.where(lengths - 1 > t, -float("inf"), scores[:, eos_id])
+      out = scores.masked_fill((lengths - 1 == t)[:, None], -float("inf"))  # one copy, no sync
+      out[:, eos_id] = eos
+      return out
 
   return ForcedLengths()
 
@@ -548,14 +547,14 @@ def main(argv=None):
         else:
           got = run_trl(args, case, lengths_file, workdir)
         got["wall_s"] = time.perf_counter() - start
-        failed |= "error" in got
+        errors = [got["error"]] if "error" in got else []
         if got.get("lengths_match") is False:
-          got["error"] = "TRL's completions do not have the forced lengths"
-          failed = True
+          errors.append("TRL's completions do not have the forced lengths")
         if "generated_tokens" in got and got["generated_tokens"] != lengths.sum():
-          got["error"] = (f"generated {got['generated_tokens']} tokens a step, not the "
-                          f"{lengths.sum()} of the lengths")
-          failed = True
+          errors.append(f"generated {got['generated_tokens']} tokens a step, not the "
+                        f"{lengths.sum()} of the lengths")
+        if errors:
+          got["error"], failed = "; ".join(errors), True
         entry[side] = got
         save()
       numbers = {s: entry.get(s, {}) for s in SIDES}
