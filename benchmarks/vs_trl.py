@@ -39,6 +39,7 @@ Cases (--cases):
             as --lengths_file (a JSON list of ints); where grpo_step.py has no such flag the
             r1jax side of this case is reported as not run.
 
+--grpo_step_args passes more flags to grpo_step.py (e.g. its layout options) for the r1jax side.
 The ratio column is TRL seconds / r1jax seconds. Results go to --out as JSON, written again
 after each side so that a run cut short keeps what it measured.
 
