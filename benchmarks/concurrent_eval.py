@@ -10,7 +10,7 @@ computes wrong results.
 Measured with it on one H100 (2026-11-23, jax 0.11.2, a medium base pretrained for 60 s): four
 concurrent processes with XLA's default autotuning all sampled corrupted text (format rate
 ~0.12, pass@1 ~0.007) where one process alone gives 0.97 / 0.066; with
---xla_gpu_autotune_level=0 all four gave the lone result (docs/r1_zero_gpu.md). On an H200
+--xla_gpu_autotune_level=0 all four gave the lone result (docs/r1_zero.md). On an H200
 (2026-12-01) a lone process's evaluation with autotuning on was corrupted too, so r1jax's
 sampler now compiles with GPU autotuning off in every process (r1jax.sampling.COMPILER_OPTIONS),
 which made its rollouts 2.8x slower there (since 2026-12-02 with cuBLAS GEMMs too: untuned Triton
@@ -143,7 +143,7 @@ def run_setting(argv, args, xla_flags: str, processes: int,
 
 
 def choose_setting(rows: list[tuple[str, str, str, str]], tol: float) -> tuple[str, list[str]]:
-  """For benchmarks/choose_sampler_options.sh: rows of (options, pass@1, format rate, ms per
+  """For tools/gpu_jobs/choose_sampler_options.sh: rows of (options, pass@1, format rate, ms per
   decode step), as text ('error' where a run failed), the first row the reference ('default').
   A setting is sound when its pass@1 and format rate are within `tol` of the reference's; the
   choice is the fastest sound one ('default' when none beats it). Returns (choice, table)."""

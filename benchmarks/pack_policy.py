@@ -10,7 +10,7 @@ scale):
 
   python benchmarks/pack_policy.py runs/r1_zero_gpu/seed=0/policy $OUT/policy   # on the GPU
   # later, on this machine: copy $OUT/policy into an ignored folder (e.g. policies/), carry it
-  # and point the scripts at it (R1_ZERO_POLICY=policies/r1_zero_seed0 for benchmarks/gpu_all.sh)
+  # and point the scripts at it (R1_ZERO_POLICY=policies/r1_zero_seed0 for tools/gpu_jobs/gpu_all.sh)
 
 Loading the copy (r1jax.hf.load_hf_checkpoint) gives params in the stored dtype; the training
 scripts keep their float32 master weights from it (`--param_dtype`), so a bfloat16 copy is a

@@ -113,7 +113,7 @@ def setup_logging():
   from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel
   absl_logging.set_verbosity(absl_logging.WARNING)
   logging.getLogger("r1jax").setLevel(logging.INFO)
-  # The sampler's setting comes from the environment (benchmarks/sampler_choice.sh): say which.
+  # The sampler's setting comes from the environment (tools/gpu_jobs/sampler_choice.sh): say which.
   from r1jax import sampling  # pylint: disable=import-outside-toplevel
   logging.getLogger("r1jax").info(
       "sampler: attention %s (R1JAX_SAMPLER_ATTENTION), XLA options %s",

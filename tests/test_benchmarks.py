@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 
 BENCHMARKS = os.path.join(os.path.dirname(__file__), "..", "benchmarks")
+# The shell scripts that queue the GPU jobs through the device tool.
+GPU_JOBS = os.path.join(os.path.dirname(__file__), "..", "tools", "gpu_jobs")
 sys.path.insert(0, BENCHMARKS)
 
 import grpo_step  # noqa: E402  pylint: disable=wrong-import-position
@@ -141,7 +143,7 @@ def test_choose_setting_takes_the_fastest_sound_one(tmp_path):
 
 
 def _fake_finished_queue(runs):
-  """The directories of a finished `benchmarks/gpu_all.sh --small`: both bases pretrained, the
+  """The directories of a finished `tools/gpu_jobs/gpu_all.sh --small`: both bases pretrained, the
   seeds evaluated at their last step, the R1 pipeline done, the distillation table written."""
   for base in ("r1_zero_gpu_small/base", "r1_gpu_small/base_small"):
     os.makedirs(os.path.join(runs, base))
@@ -162,12 +164,12 @@ def _gpu_all(tmp_path, **env):
   env = dict({k: v for k, v in os.environ.items() if not k.startswith("R1JAX_SAMPLER_")},
              RUNS=str(tmp_path / "runs"), OUT=str(tmp_path / "out"), ABLATION_GRID="",
              PYTHON=sys.executable, **env)
-  return subprocess.run(["bash", os.path.join(BENCHMARKS, "gpu_all.sh"), "--small"], env=env,
+  return subprocess.run(["bash", os.path.join(GPU_JOBS, "gpu_all.sh"), "--small"], env=env,
                         capture_output=True, text=True, timeout=300)
 
 
 def test_gpu_queue_skips_what_is_done(tmp_path):
-  """benchmarks/gpu_all.sh on a finished queue starts no job and still collects its files."""
+  """tools/gpu_jobs/gpu_all.sh on a finished queue starts no job and still collects its files."""
   _fake_finished_queue(str(tmp_path / "runs"))
   result = _gpu_all(tmp_path)
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -264,7 +266,7 @@ def test_gpu_queue_small_seed_trains_with_the_gpu_flagfile(tmp_path):
 
 def _split_choice(setting):
   import subprocess  # pylint: disable=import-outside-toplevel
-  script = (f"source {os.path.join(BENCHMARKS, 'sampler_choice.sh')}; "
+  script = (f"source {os.path.join(GPU_JOBS, 'sampler_choice.sh')}; "
             'split_choice "$1" || exit $?; echo "$ATTENTION|$XLA_OPTS"')
   result = subprocess.run(["bash", "-c", script, "-", setting], capture_output=True, text=True,
                           timeout=60)
@@ -304,7 +306,7 @@ def test_r1_gpu_names_an_unknown_teacher(tmp_path):
   import subprocess  # pylint: disable=import-outside-toplevel
   env = dict(os.environ, STAGE="distill", TEACHER="r2", ROOT=str(tmp_path), OUT=str(tmp_path / "o"),
              PYTHON=sys.executable)
-  result = subprocess.run(["bash", os.path.join(BENCHMARKS, "r1_gpu.sh"), "--small"], env=env,
+  result = subprocess.run(["bash", os.path.join(GPU_JOBS, "r1_gpu.sh"), "--small"], env=env,
                           capture_output=True, text=True, timeout=300)
   assert result.returncode == 2, result.stdout[-3000:] + result.stderr[-3000:]
   assert "TEACHER=r2: expected r1 or r1_zero" in result.stdout + result.stderr
@@ -321,7 +323,7 @@ def test_pretrain_extra_flags_reach_the_pretraining(tmp_path):
   import subprocess  # pylint: disable=import-outside-toplevel
   env = dict(os.environ, STAGE="pretrain", BASE=str(tmp_path / "base"), OUT=str(tmp_path / "out"),
              PYTHON=sys.executable, PRETRAIN_EXTRA="--continue_prob=0.8 --max_attempts=0")
-  result = subprocess.run(["bash", os.path.join(BENCHMARKS, "r1_zero_gpu.sh"), "--small"],
+  result = subprocess.run(["bash", os.path.join(GPU_JOBS, "r1_zero_gpu.sh"), "--small"],
                           env=env, capture_output=True, text=True, timeout=300)
   assert "max_attempts=0 must be >= 1" in result.stdout + result.stderr, result.stdout[-3000:]
   assert not os.path.exists(tmp_path / "base" / "config.json")
@@ -381,7 +383,7 @@ def test_logprob_errors_sees_wrong_log_probs():
 @pytest.mark.bench
 def test_sampler_variants_small_runs_and_checks_every_variant(tmp_path):
   import subprocess  # pylint: disable=import-outside-toplevel
-  result = subprocess.run(["bash", os.path.join(BENCHMARKS, "sampler_variants.sh"), "--small"],
+  result = subprocess.run(["bash", os.path.join(GPU_JOBS, "sampler_variants.sh"), "--small"],
                           env=dict(os.environ, PYTHON=sys.executable, OUT=str(tmp_path)),
                           capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -403,7 +405,7 @@ def test_choose_sampler_options_tries_the_ragged_attention(tmp_path):
   env = dict({k: v for k, v in os.environ.items() if not k.startswith("R1JAX_SAMPLER_")},
              PYTHON=sys.executable, SPEED_ARGS="--small", EVAL_ARGS="--small")
   result = subprocess.run(
-      ["bash", os.path.join(BENCHMARKS, "choose_sampler_options.sh"),
+      ["bash", os.path.join(GPU_JOBS, "choose_sampler_options.sh"),
        os.path.join(repo, "checkpoints", "countdown_base_tiny"), str(tmp_path / "choice"),
        "attention=ragged"], env=env, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -445,7 +447,7 @@ def test_pack_policy_shards_rounds_and_checks(tmp_path, capsys):
 
 def _detached(tmp_path, *args, timeout=60):
   env = dict(os.environ, DETACHED=str(tmp_path / "detached"))
-  return subprocess.run(["bash", os.path.join(BENCHMARKS, "gpu_detached.sh"), *args], env=env,
+  return subprocess.run(["bash", os.path.join(GPU_JOBS, "gpu_detached.sh"), *args], env=env,
                         capture_output=True, text=True, timeout=timeout)
 
 

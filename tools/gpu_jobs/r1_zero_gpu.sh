@@ -2,14 +2,14 @@
 # R1-Zero in miniature on one GPU: pretrain the medium (~25M) base model on the procedural
 # Countdown corpus, run GRPO from it for several seeds at once, and collect the curves.
 #
-#   bash benchmarks/r1_zero_gpu.sh            # one H100: pretrain (~3 min) + 3 seeds of RL in
+#   bash tools/gpu_jobs/r1_zero_gpu.sh            # one H100: pretrain (~3 min) + 3 seeds of RL in
 #                                             # parallel (~5 min); results into $OUT
-#   bash benchmarks/r1_zero_gpu.sh --small    # CPU check of the logic with tiny budgets (~3 min)
+#   bash tools/gpu_jobs/r1_zero_gpu.sh --small    # CPU check of the logic with tiny budgets (~3 min)
 #
 # Environment (all optional): STAGE=all|pretrain|rl, SEEDS="0 1 2", PARALLEL (default: number of
 # seeds), RL_STEPS, PRETRAIN_STEPS, PRETRAIN_TIME_S (a guard: pretraining stops there),
 # PRETRAIN_EXTRA (more experiments/pretrain_base.py flags, after and over the ones here and the
-# corpus of benchmarks/gpu_common.sh, e.g. PRETRAIN_EXTRA="--search_order=random"),
+# corpus of tools/gpu_jobs/gpu_common.sh, e.g. PRETRAIN_EXTRA="--search_order=random"),
 # RL_TIME_S (a guard: RL is interrupted there and the curves drawn from what was logged),
 # BASE (checkpoint dir), ROOT (run dirs), OUT (where results are copied; the device tool's $OUT),
 # GRID (a sweep.py --grid instead of the seeds, e.g. GRID=loss_type=grpo,dr_grpo,dapo with
@@ -19,7 +19,7 @@
 # $ROOT/jax_cache; the first run fills it alone, autotuning on, and the others load its kernels:
 # experiments/sweep.py --compile_cache. Empty: autotuning off instead, which is slow),
 # PRETRAIN_MEM_FRACTION (XLA_PYTHON_CLIENT_MEM_FRACTION of the pretraining process, so that another
-# job, e.g. `STAGE=small_base bash benchmarks/r1_gpu.sh`, can share the GPU meanwhile).
+# job, e.g. `STAGE=small_base bash tools/gpu_jobs/r1_gpu.sh`, can share the GPU meanwhile).
 # STAGE=rl reuses BASE from an earlier STAGE=pretrain on the same machine.
 # An RL stage cut by RL_TIME_S saves each seed's last step; STAGE=rl again on the same machine
 # resumes from there (a 10-minute device call can hold pretraining plus ~5 minutes of RL).
@@ -33,7 +33,7 @@
 # Missing on the GPU image (KINDS.md): tensorboardX and math-verify. Carry them as wheels in
 # .whl/ (see the device tool's README); this script installs them from there when present.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 
 SMALL=0
 if [[ "${1:-}" == "--small" ]]; then SMALL=1; fi
@@ -44,7 +44,7 @@ read -r -a SEED_ARR <<< "$SEEDS"
 PARALLEL=${PARALLEL:-${#SEED_ARR[@]}}
 GRID=${GRID:-"seed=$(IFS=,; echo "${SEED_ARR[*]}")"}
 OUT=${OUT:-runs/r1_zero_gpu_out}
-source benchmarks/gpu_common.sh  # log.txt, wheels from .whl/, TASK_OPTIONS
+source tools/gpu_jobs/gpu_common.sh  # log.txt, wheels from .whl/, TASK_OPTIONS
 if [[ $SMALL == 1 ]]; then
   BASE=${BASE:-runs/r1_zero_gpu_small/base}
   ROOT=${ROOT:-runs/r1_zero_gpu_small}
@@ -60,7 +60,7 @@ else
   ROOT=${ROOT:-runs/r1_zero_gpu}
   # ~25M parameters, 4000 x 64 documents (~30M tokens); bf16 compute, fp32 master weights.
   # 4000 steps since 2026-12-02 (fourth session): with the corpus of gpu_common.sh 5000 steps gave
-  # a base of held-out pass@1 0.218 and 3000 steps one of 0.138 (docs/r1_zero_gpu.md, "A weaker
+  # a base of held-out pass@1 0.218 and 3000 steps one of 0.138 (docs/r1_zero.md, "A weaker
   # base"); issue 4 asks for at most 0.20. 4000 steps not yet run.
   PRETRAIN_FLAGS=(--model_preset=medium --max_steps="${PRETRAIN_STEPS:-4000}" --batch_size=64
                   --learning_rate=1e-3 --warmup_steps=200 --dtype=bfloat16 --pad_multiple=128

@@ -2,24 +2,24 @@
 # One long job on a device machine across several device calls, without stopping it in between.
 #
 # A device call lasts at most 10 minutes and the machine stays warm for 30 s after it; a job that
-# stops at the end of each call and resumes in the next (benchmarks/gpu_all.sh alone) pays its
+# stops at the end of each call and resumes in the next (tools/gpu_jobs/gpu_all.sh alone) pays its
 # start, restore and compilation again every time. Here the job runs in its own process session
 # (setsid), which the device tool leaves running between calls while the machine is warm, and each
 # call only waits for it and reports:
 #
-#   bash benchmarks/gpu_detached.sh start NAME CMD...  # starts CMD (once: a second start of a
+#   bash tools/gpu_jobs/gpu_detached.sh start NAME CMD...  # starts CMD (once: a second start of a
 #                                                      # NAME that is running or done is refused)
-#   bash benchmarks/gpu_detached.sh wait NAME SECONDS  # until CMD has ended or SECONDS passed;
+#   bash tools/gpu_jobs/gpu_detached.sh wait NAME SECONDS  # until CMD has ended or SECONDS passed;
 #                                                      # prints the log's new lines, exits 0 once
 #                                                      # CMD has ended (with its status), 3 if it
 #                                                      # is still running
-#   bash benchmarks/gpu_detached.sh stop NAME          # SIGINT to CMD's process group
+#   bash tools/gpu_jobs/gpu_detached.sh stop NAME          # SIGINT to CMD's process group
 #
 # The log is $DETACHED/NAME.log (default DETACHED=runs/detached); CMD's exit status lands in
 # $DETACHED/NAME.rc. If the machine is given back between calls, everything on it is lost: the
 # next call's `start` begins again (with gpu_all.sh, from nothing).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 DETACHED=${DETACHED:-runs/detached}
 mkdir -p "$DETACHED"
 verb=${1:?usage: gpu_detached.sh start|wait|stop NAME ...}

@@ -1,4 +1,4 @@
-# Sourced by benchmarks/r1_zero_gpu.sh and benchmarks/r1_gpu.sh, from the repository root with
+# Sourced by tools/gpu_jobs/r1_zero_gpu.sh and tools/gpu_jobs/r1_gpu.sh, from the repository root with
 # PY (the Python) and OUT (where results go) set: logs this run into $OUT/log.txt, installs the
 # packages the GPU image lacks (tensorboardX, math-verify: carried as wheels in .whl/, see the
 # device tool's README) and checks the imports; sets the Countdown task both scripts train on.
@@ -27,7 +27,7 @@ TASK_OPTIONS="min_count=3,max_count=3,max_number=10,max_target=50,question_style
 # --mix_search=0.35 --mix_give_up=0.1 --continue_prob=0.5 --max_attempts=8, whose R1-Zero runs
 # plateaued at pass@1 0.58-0.61. With the mix 0.6 / 0.15 / 0.2 a probe went from 0.20 to 0.72;
 # search 0.1 and give-up 0.25 (here) bring the solved share of the corpus from 16.5% to 14.8%,
-# for a base at or below the 20% of issue 4 (docs/r1_zero_gpu.md, "Systematic search probe").
+# for a base at or below the 20% of issue 4 (docs/r1_zero.md, "Systematic search probe").
 # That base read 0.231-0.249 all the same (three seeds, 2026-12-02): its pass@1 follows the share
 # of completions that search (0.45 at step 0), not the corpus's solved share, which stays ~14%
 # whatever the mix (single attempts are right by luck about as often). Since 2026-12-03 single

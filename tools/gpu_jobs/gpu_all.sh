@@ -3,17 +3,17 @@
 #   the medium (~25M) base and the small (~1.6M) student base (experiments/pretrain_base.py,
 #   itself resumable: a base cut short by the deadline is continued by the next run), then the
 #   jobs of ORDER, by default
-#     seeds      R1-Zero, three seeds (benchmarks/r1_zero_gpu.sh, countdown_gpu.flags)   issue 4
+#     seeds      R1-Zero, three seeds (tools/gpu_jobs/r1_zero_gpu.sh, countdown_gpu.flags)   issue 4
 #     ablations  an ablation grid at the GPU scale (ABLATION_GRID)                      issue 4
-#     r1         the R1 pipeline (benchmarks/r1_gpu.sh, r1_gpu.flags)                   issue 6
+#     r1         the R1 pipeline (tools/gpu_jobs/r1_gpu.sh, r1_gpu.flags)                   issue 6
 #     distill    distillation vs. RL on the small student (the same script)             issue 6
 #     distill_r1_zero  the same with the R1-Zero policy of seed 0 as the teacher
 #                (TEACHER=r1_zero, distill_r1_zero_gpu.flags; not in the default ORDER)    issue 6
 # Every part resumes: run the script again on the same machine (a later device call while it is
 # still warm) and the queue continues from the checkpoints; finished parts are skipped.
 #
-#   DEADLINE_S=550 bash benchmarks/gpu_all.sh     # one device call of at most 600 s
-#   bash benchmarks/gpu_all.sh --small            # CPU check of the plumbing (~5 min)
+#   DEADLINE_S=550 bash tools/gpu_jobs/gpu_all.sh     # one device call of at most 600 s
+#   bash tools/gpu_jobs/gpu_all.sh --small            # CPU check of the plumbing (~5 min)
 #
 # The bases and the jobs run one after another. Within the seeds and the ablations, PARALLEL runs
 # share the GPU (3 by default) through one JAX compilation cache (COMPILE_CACHE, default
@@ -21,7 +21,7 @@
 # it has logged a step and load its kernels. Why: several processes autotuning at once on one
 # GPU got kernels that sampled corrupted text (the sampler now compiles untuned in every process
 # for the same reason), and turning autotuning off for whole processes cost ~5x in the update
-# step and ~10x in pretraining on an H200 (docs/r1_zero_gpu.md). PARALLEL=1 runs
+# step and ~10x in pretraining on an H200 (docs/r1_zero.md). PARALLEL=1 runs
 # them one at a time. GRACE_S before DEADLINE_S the running job gets a SIGINT, finishes its
 # step and saves it (checkpoint.StopAtStepBoundary).
 #
@@ -40,7 +40,7 @@
 # results), summary.json (the seeds), ablation_summary.json, r1_summary.md, distill_table.md,
 # distill_r1_zero_table.md.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 
 SMALL=()
 if [[ "${1:-}" == "--small" ]]; then SMALL=(--small); fi
@@ -54,7 +54,7 @@ for job in $ORDER; do
          "ablations)" >&2; exit 2;;
   esac
 done
-source benchmarks/gpu_common.sh  # log.txt; the wheels the GPU image lacks, installed once here
+source tools/gpu_jobs/gpu_common.sh  # log.txt; the wheels the GPU image lacks, installed once here
 DEADLINE_S=${DEADLINE_S:-550}
 GRACE_S=${GRACE_S:-60}
 PARALLEL=${PARALLEL:-3}
@@ -115,7 +115,7 @@ pretrain_medium() {  # [STEPS]: pretrains (or continues) the medium base, STEPS 
   local steps=(); [[ -n ${1:-} ]] && steps=(PRETRAIN_STEPS="$1")
   say "pretraining the medium base${1:+ ($1 steps)}"
   env "${A_DIRS[@]}" "${steps[@]}" STAGE=pretrain PRETRAIN_TIME_S=$(( $(left) - 60 )) \
-    OUT=$OUT_A bash benchmarks/r1_zero_gpu.sh "${SMALL[@]}" >> "$OUT_A/pretrain.log" 2>&1 \
+    OUT=$OUT_A bash tools/gpu_jobs/r1_zero_gpu.sh "${SMALL[@]}" >> "$OUT_A/pretrain.log" 2>&1 \
     || say "medium base: exit $?"
 }
 
@@ -145,7 +145,7 @@ fi
 if [[ " $ORDER " == *" distill"* ]] && unfinished "$SMALL_BASE" && (( $(left) > 120 )); then
   say "pretraining the small student base"
   env "${B_DIRS[@]}" STAGE=small_base SMALL_PRETRAIN_TIME_S=$(( $(left) - 60 )) OUT=$OUT_B \
-    bash benchmarks/r1_gpu.sh "${SMALL[@]}" > "$OUT_B/small_base.log" 2>&1 \
+    bash tools/gpu_jobs/r1_gpu.sh "${SMALL[@]}" > "$OUT_B/small_base.log" 2>&1 \
     || say "small base: exit $?"
 fi
 # ready DIR: a base to train from (pretrained to its last step, or ALLOW_PARTIAL_BASE=1).
@@ -177,7 +177,7 @@ fi
 # 1b. With CHOOSE_SAMPLER=1 (and neither R1JAX_SAMPLER_XLA_OPTIONS nor R1JAX_SAMPLER_ATTENTION
 # set), the sampler's setting for this machine: the fastest sound one of SAMPLER_CANDIDATES
 # (default: choose_sampler_options.sh's own) on the medium base
-# (benchmarks/choose_sampler_options.sh), chosen once and kept in $RUNS/sampler_options.txt for
+# (tools/gpu_jobs/choose_sampler_options.sh), chosen once and kept in $RUNS/sampler_options.txt for
 # the later runs of this script; e.g. SAMPLER_CANDIDATES=attention=ragged tries the ragged decode
 # attention against the default.
 CHOICE=$RUNS/sampler_options.txt
@@ -186,12 +186,12 @@ if [[ ${CHOOSE_SAMPLER:-0} == 1 && -z ${R1JAX_SAMPLER_XLA_OPTIONS+x} \
   say "choosing the sampler's setting"
   CHOOSE_ENV=(); (( ${#SMALL[@]} )) && CHOOSE_ENV=(SPEED_ARGS=--small EVAL_ARGS=--small)
   read -r -a CANDIDATE_ARR <<< "${SAMPLER_CANDIDATES:-}"
-  env "${CHOOSE_ENV[@]}" bash benchmarks/choose_sampler_options.sh "$MEDIUM" "$CHOICE" \
+  env "${CHOOSE_ENV[@]}" bash tools/gpu_jobs/choose_sampler_options.sh "$MEDIUM" "$CHOICE" \
     "${CANDIDATE_ARR[@]}" 2>&1 | tee "$OUT_A/sampler_options.log" \
     || say "choose_sampler_options: exit $?"
 fi
 if [[ -z ${R1JAX_SAMPLER_XLA_OPTIONS+x} && -z ${R1JAX_SAMPLER_ATTENTION+x} && -f $CHOICE ]]; then
-  source benchmarks/sampler_choice.sh && export_choice "$CHOICE"
+  source tools/gpu_jobs/sampler_choice.sh && export_choice "$CHOICE"
   say "sampler setting (from $CHOICE): '$(cat "$CHOICE")': attention $R1JAX_SAMPLER_ATTENTION," \
       "XLA options '${R1JAX_SAMPLER_XLA_OPTIONS-the library default}'"
 fi
@@ -204,14 +204,14 @@ job_seeds() {  # R1-Zero, three seeds
   (( $(left) > 60 )) || return 0
   say "R1-Zero seeds ($SEEDS, $PARALLEL at a time), $(left) s"
   env "${A_DIRS[@]}" STAGE=rl SEEDS="$SEEDS" PARALLEL=$PARALLEL RL_TIME_S=$(left) OUT=$OUT_A \
-    bash benchmarks/r1_zero_gpu.sh "${SMALL[@]}" >> "$OUT_A/track.log" 2>&1 || say "seeds: exit $?"
+    bash tools/gpu_jobs/r1_zero_gpu.sh "${SMALL[@]}" >> "$OUT_A/track.log" 2>&1 || say "seeds: exit $?"
 }
 job_r1() {  # the four stages of experiments/r1.py
   [[ -f $R1_DIR/4_final_rl/DONE.json ]] && return
   (( $(left) > 60 )) || return 0
   say "the R1 pipeline, $(left) s"
   env "${B_DIRS[@]}" STAGE=r1 R1_TIME_S=$(left) R1_FLAGS="$R1_FLAGS" OUT=$OUT_B \
-    bash benchmarks/r1_gpu.sh "${SMALL[@]}" >> "$OUT_B/track.log" 2>&1 || say "r1: exit $?"
+    bash tools/gpu_jobs/r1_gpu.sh "${SMALL[@]}" >> "$OUT_B/track.log" 2>&1 || say "r1: exit $?"
 }
 job_distill() {  # distillation of the R1 policy vs. RL on the small student
   [[ -f $DISTILL_DIR/table.md ]] && return
@@ -220,7 +220,7 @@ job_distill() {  # distillation of the R1 policy vs. RL on the small student
   (( $(left) > 60 )) || return 0
   say "distillation vs. RL, $(left) s"
   env "${B_DIRS[@]}" STAGE=distill DISTILL_TIME_S=$(left) OUT=$OUT_B \
-    bash benchmarks/r1_gpu.sh "${SMALL[@]}" >> "$OUT_B/track.log" 2>&1 || say "distill: exit $?"
+    bash tools/gpu_jobs/r1_gpu.sh "${SMALL[@]}" >> "$OUT_B/track.log" 2>&1 || say "distill: exit $?"
 }
 job_distill_r1_zero() {  # distillation of the R1-Zero policy (seed 0) vs. RL on the small student
   [[ -f $DISTILL_R1_ZERO_DIR/table.md ]] && return
@@ -231,7 +231,7 @@ job_distill_r1_zero() {  # distillation of the R1-Zero policy (seed 0) vs. RL on
   say "distillation from R1-Zero vs. RL, $(left) s"
   env "${B_DIRS[@]}" TEACHER=r1_zero R1_ZERO_POLICY="$R1_ZERO_POLICY" STAGE=distill \
     DISTILL_TIME_S=$(left) OUT=$OUT_B \
-    bash benchmarks/r1_gpu.sh "${SMALL[@]}" >> "$OUT_B/track.log" 2>&1 \
+    bash tools/gpu_jobs/r1_gpu.sh "${SMALL[@]}" >> "$OUT_B/track.log" 2>&1 \
     || say "distill_r1_zero: exit $?"
 }
 job_ablations() {  # ABLATION_GRID at the GPU scale (runs that are done resume in seconds)
@@ -241,7 +241,7 @@ job_ablations() {  # ABLATION_GRID at the GPU scale (runs that are done resume i
   mkdir -p "$OUT_A/ablations"
   env "${A_DIRS[@]}" GRID="$ABLATION_GRID" ROOT="$ROOT_A/ablations" STAGE=rl RL_TIME_S=$(left) \
     PARALLEL=$PARALLEL RL_STEPS=$ABLATION_STEPS OUT=$OUT_A/ablations \
-    bash benchmarks/r1_zero_gpu.sh "${SMALL[@]}" >> "$OUT_A/track.log" 2>&1 \
+    bash tools/gpu_jobs/r1_zero_gpu.sh "${SMALL[@]}" >> "$OUT_A/track.log" 2>&1 \
     || say "ablations: exit $?"
 }
 if [[ ${STOPPED:-0} == 0 ]]; then

@@ -1,24 +1,24 @@
 #!/usr/bin/env bash
 # The DeepSeek-R1 pipeline and the distillation comparison in miniature on one GPU.
 #
-#   bash benchmarks/r1_gpu.sh           # one H100: the four stages of experiments/r1.py from the
+#   bash tools/gpu_jobs/r1_gpu.sh           # one H100: the four stages of experiments/r1.py from the
 #                                       # ~25M medium base (r1_gpu.flags), then distillation of
 #                                       # its final policy into a ~1.6M small base vs. R1-Zero RL
 #                                       # on that base (distill_gpu.flags); results into $OUT
-#   bash benchmarks/r1_gpu.sh --small   # CPU check of the logic with tiny budgets (~4 min)
+#   bash tools/gpu_jobs/r1_gpu.sh --small   # CPU check of the logic with tiny budgets (~4 min)
 #
-# Needs the medium base of benchmarks/r1_zero_gpu.sh at runs/r1_zero_gpu/base_medium (a fresh
-# machine: run `STAGE=pretrain bash benchmarks/r1_zero_gpu.sh` first, in the same call or on the
+# Needs the medium base of tools/gpu_jobs/r1_zero_gpu.sh at runs/r1_zero_gpu/base_medium (a fresh
+# machine: run `STAGE=pretrain bash tools/gpu_jobs/r1_zero_gpu.sh` first, in the same call or on the
 # same warm machine). The small student base is pretrained here when missing; it can share the
 # GPU with the medium pretraining, with XLA's GPU autotuning off (processes that compile at once
 # on one GPU get kernels that compute wrong results: see experiments/sweep.py, NO_AUTOTUNE):
 #   export XLA_FLAGS=--xla_gpu_autotune_level=0
-#   STAGE=small_base bash benchmarks/r1_gpu.sh & PRETRAIN_MEM_FRACTION=0.6 bash benchmarks/r1_zero_gpu.sh
+#   STAGE=small_base bash tools/gpu_jobs/r1_gpu.sh & PRETRAIN_MEM_FRACTION=0.6 bash tools/gpu_jobs/r1_zero_gpu.sh
 # Run the R1 stages alone on the GPU, or with that flag.
 #
 # Environment (all optional): STAGE=all|small_base|r1|distill, TEACHER (of the distillation: r1,
 # the R1 pipeline's final policy with distill_gpu.flags, the default; or r1_zero, the final
-# policy R1_ZERO_POLICY, by default that of seed 0 of benchmarks/r1_zero_gpu.sh beside MEDIUM,
+# policy R1_ZERO_POLICY, by default that of seed 0 of tools/gpu_jobs/r1_zero_gpu.sh beside MEDIUM,
 # with distill_r1_zero_gpu.flags, into $ROOT/distill_r1_zero_gpu), R1_TIME_S and DISTILL_TIME_S (guards:
 # the stage is interrupted there; both scripts resume from their checkpoints when run again),
 # SMALL_PRETRAIN_TIME_S, SMALL_MEM_FRACTION, ROOT, MEDIUM, SMALL_BASE and R1_DIR (directories;
@@ -36,14 +36,14 @@
 #                       (results_r1_zero.tar.gz with TEACHER=r1_zero)
 #   log.txt             this script's output
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 
 SMALL=0
 if [[ "${1:-}" == "--small" ]]; then SMALL=1; fi
 PY=${PYTHON:-python3}
 STAGE=${STAGE:-all}
 OUT=${OUT:-runs/r1_gpu_out}
-source benchmarks/gpu_common.sh  # log.txt, wheels from .whl/, TASK_OPTIONS
+source tools/gpu_jobs/gpu_common.sh  # log.txt, wheels from .whl/, TASK_OPTIONS
 read -r -a R1_EXTRA <<< "${R1_FLAGS:-}"
 read -r -a DISTILL_EXTRA <<< "${DISTILL_FLAGS:-}"
 if [[ $SMALL == 1 ]]; then
@@ -116,7 +116,7 @@ fi
 
 if [[ $STAGE == all || $STAGE == r1 ]]; then
   [[ -f "$MEDIUM/config.json" ]] || {
-    echo "no medium base at $MEDIUM (run STAGE=pretrain bash benchmarks/r1_zero_gpu.sh)" >&2; exit 2; }
+    echo "no medium base at $MEDIUM (run STAGE=pretrain bash tools/gpu_jobs/r1_zero_gpu.sh)" >&2; exit 2; }
   echo "== experiments/r1.py into $R1_DIR"
   guard "$R1_TIME_S" "$PY" experiments/r1.py --flagfile="$R1_FLAGFILE" \
     --init_checkpoint="$MEDIUM" --workdir="$R1_DIR" "${R1_EXTRA[@]}"

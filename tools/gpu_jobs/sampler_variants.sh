@@ -13,13 +13,13 @@
 # full forward pass). At the rollout shape only the first three. A variant that fails (an XLA
 # flag this version does not know, a failed check) is reported and the rest go on.
 #
-#   bash benchmarks/sampler_variants.sh           # GPU, ~5 minutes (in part run on one, 2026-12-02)
-#   bash benchmarks/sampler_variants.sh --small   # CPU check of the plumbing (~1 minute)
+#   bash tools/gpu_jobs/sampler_variants.sh           # GPU, ~5 minutes (in part run on one, 2026-12-02)
+#   bash tools/gpu_jobs/sampler_variants.sh --small   # CPU check of the plumbing (~1 minute)
 #
 # With OUT set (the device tool's result folder), everything printed also goes to
 # $OUT/sampler_variants.log, whole: a device call returns only the end of its output.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 if [[ -n ${OUT:-} ]]; then
   mkdir -p "$OUT"
   exec > >(tee -a "$OUT/sampler_variants.log") 2>&1

@@ -6,13 +6,13 @@
 #   --xla_gpu_autotune_level=0     what experiments/sweep.py sets for --parallel > 1
 #   ... --xla_gpu_enable_triton_gemm=false   the same, with GEMMs left to cuBLAS's heuristics
 # Why: with autotuning off, an H200 shared by four runs took ~7 s per update where an H100 shared
-# by four runs with autotuning took ~1.3 s (docs/r1_zero_gpu.md, 2026-12-01); this measures the
+# by four runs with autotuning took ~1.3 s (docs/r1_zero.md, 2026-12-01); this measures the
 # flags alone, one process at a time.
 #
-#   bash benchmarks/xla_flags.sh           # GPU (not run on one yet)
-#   bash benchmarks/xla_flags.sh --small   # CPU check of the plumbing, tiny shapes (~1 min)
+#   bash tools/gpu_jobs/xla_flags.sh           # GPU (not run on one yet)
+#   bash tools/gpu_jobs/xla_flags.sh --small   # CPU check of the plumbing, tiny shapes (~1 min)
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 PY=${PYTHON:-python3}
 if [[ "${1:-}" == "--small" ]]; then
   TRAIN=(--small); SAMPLE=(--small)

@@ -3,7 +3,7 @@
 # the fastest candidate whose evaluation of a real checkpoint matches that of the library's own
 # setting ('default': GPU autotuning off and cuBLAS GEMMs, r1jax.sampling.COMPILER_OPTIONS).
 #
-#   bash benchmarks/choose_sampler_options.sh CHECKPOINT CHOICE_FILE [CANDIDATE...]
+#   bash tools/gpu_jobs/choose_sampler_options.sh CHECKPOINT CHOICE_FILE [CANDIDATE...]
 #
 # Each setting gets (1) soundness: benchmarks/concurrent_eval.py, one process, 64 problems x 16
 # samples of CHECKPOINT; it is sound when its pass@1 and format rate are within TOL (0.05) of the
@@ -20,9 +20,9 @@
 # the sampler with R1JAX_SAMPLER_ATTENTION=ragged and the other items as its XLA options (none:
 # the library's own options).
 #
-#   source benchmarks/sampler_choice.sh && export_choice CHOICE_FILE   # exports what it names
+#   source tools/gpu_jobs/sampler_choice.sh && export_choice CHOICE_FILE   # exports what it names
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 CKPT=${1:?usage: choose_sampler_options.sh CHECKPOINT CHOICE_FILE [CANDIDATE...]}
 CHOICE=${2:?usage: choose_sampler_options.sh CHECKPOINT CHOICE_FILE [CANDIDATE...]}
 shift 2
@@ -40,7 +40,7 @@ if [[ -f $CHOICE ]]; then
 fi
 unset R1JAX_SAMPLER_XLA_OPTIONS R1JAX_SAMPLER_ATTENTION
 rows=$(mktemp)
-source benchmarks/sampler_choice.sh  # split_choice
+source tools/gpu_jobs/sampler_choice.sh  # split_choice
 for opts in default "${CANDIDATES[@]}"; do
   split_choice "$opts"  # -> ATTENTION, XLA_OPTS (default: the library's own options)
   # concurrent_eval's row: XLA_FLAGS | options | process | pass@1 | format | length | trunc | s

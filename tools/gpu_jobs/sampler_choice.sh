@@ -1,8 +1,8 @@
-# Sourced. The sampler setting that benchmarks/choose_sampler_options.sh writes to its choice
+# Sourced. The sampler setting that tools/gpu_jobs/choose_sampler_options.sh writes to its choice
 # file: "default", or a comma list of XLA options (R1JAX_SAMPLER_XLA_OPTIONS) with at most one
 # item attention=xla|ragged (R1JAX_SAMPLER_ATTENTION).
 #
-#   source benchmarks/sampler_choice.sh && export_choice FILE   # exports the setting FILE names
+#   source tools/gpu_jobs/sampler_choice.sh && export_choice FILE   # exports the setting FILE names
 
 # split_choice SETTING: sets ATTENTION (xla unless named) and XLA_OPTS ("default" when SETTING
 # names no XLA option: the library's own, r1jax.sampling.COMPILER_OPTIONS; '' is XLA's defaults).
