@@ -17,6 +17,11 @@ Always on (any POSIX):
     cannot forge a pass. For (input, output) tests only the inputs enter the sandbox: the return
     value comes back as a literal and is compared here, so those expected outputs are never in
     reach of the program at all;
+  * assert-string tests (MBPP, HumanEval) whose expected side is a literal (`assert f(2) == 4`,
+    `assert abs(f(x) - y) < eps`, `assert f(x)`, ...: r1jax.assert_checks) are judged here too:
+    the sandbox lets out only values whose types are exactly builtin literal types all the way
+    down, as `repr` text, so an object whose `__eq__` or `__bool__` always says True, or an int
+    subclass that overrides them, scores 0;
   * an audit hook (PEP 578), installed after setup: blocks sockets, subprocesses, fork/exec/kill,
     ctypes, frame and gc introspection (so `traceback.format_exc()` fails too; `sys._getframe`
     raises ValueError, which namedtuple/warnings fall back on), tracing, writes/renames/removals
@@ -37,12 +42,13 @@ Linux x86_64, "seccomp": a BPF filter (with no_new_privs: needs no privilege) an
   raising rlimits. This is what stops a fork bomb when the host user is root: RLIMIT_NPROC does
   not bind uid 0, even inside a user namespace that maps to it.
 Not covered: CPU, memory-bandwidth and disk I/O contention between sandboxes (cgroups would be
-  needed); kernel bugs; and for assert-string tests (MBPP, HumanEval), which run inside the
-  sandbox: an object whose `__eq__` always returns True, a program that patches a module the
-  tests import, or one that reaches the runner's memory in its own process (the hook makes this
-  hard, not impossible). The tests do get the builtins as they were before the program ran. Without namespaces,
-  RLIMIT_NPROC counts all of the user's processes, so a sandboxed program usually cannot start
-  even a thread.
+  needed); kernel bugs; and for the asserts that still run inside the sandbox (both sides call
+  into the program or name test variables, `assert f(x) == g(x)`; comparisons inside a
+  comprehension; see r1jax.assert_checks): an object whose `__eq__` always returns True, a program
+  that patches a module the tests import, or one that reaches the runner's memory in its own
+  process (the hook makes this hard, not impossible). The tests do get the builtins as they were
+  before the program ran. Without namespaces, RLIMIT_NPROC counts all of the user's processes, so
+  a sandboxed program usually cannot start even a thread.
 """
 
 from __future__ import annotations
@@ -247,7 +253,15 @@ def _child_main():
   pristine = dict(builtins.__dict__)  # what the tests see, whatever the program does to builtins
   plain = frozenset((int, float, complex, bool, str, bytes, type(None), list, tuple, dict, set,
                      frozenset))
+  import collections
   import math
+  # Read as the plain dicts they are (dict.items: C code over the table, none of the class's
+  # methods), since MBPP's own solutions return them: `collections.Counter(xs) == {...}`.
+  _id, _dict_items = id, dict.items
+  # By id: `type(v) in plain` would ask the program's metaclass (__eq__, __hash__).
+  plain_ids = frozenset(_id(t) for t in plain)
+  dict_like_ids = frozenset(_id(t) for t in (collections.Counter, collections.OrderedDict,
+                                             collections.defaultdict))
   check_globals = {name: pristine[name] for name in spec["check_names"]}
   check_globals.update({"_m_" + name: getattr(math, name) for name in spec["check_math"]})
   check_globals["__builtins__"] = {}
@@ -257,11 +271,12 @@ def _child_main():
 
   def freeze(v, budget, depth=0):
     # A copy that only the runner holds, of exactly builtin literal types all the way down (no
-    # subclass, no object whose methods the program wrote), or AssertionError. A copy, so that
-    # nothing the program still reaches (a thread) can swap an element in before `repr`.
+    # subclass but dict_like's, no object whose methods the program wrote), or AssertionError. A
+    # copy, so that nothing the program still reaches (a thread) can swap an element in before
+    # `repr`.
     t = _type(v)
     budget[0] -= 1
-    if t not in plain or budget[0] < 0 or depth > 100:
+    if (_id(t) not in plain_ids and _id(t) not in dict_like_ids) or budget[0] < 0 or depth > 100:
       raise _failed("not a plain literal value")
     if t is list:
       return [freeze(x, budget, depth + 1) for x in v]
@@ -271,8 +286,9 @@ def _child_main():
       return {freeze(x, budget, depth + 1) for x in v}
     if t is frozenset:
       return _frozenset([freeze(x, budget, depth + 1) for x in v])
-    if t is dict:
-      return {freeze(k, budget, depth + 1): freeze(x, budget, depth + 1) for k, x in v.items()}
+    if t is dict or _id(t) in dict_like_ids:
+      return {freeze(k, budget, depth + 1): freeze(x, budget, depth + 1)
+              for k, x in _dict_items(v)}
     return v  # int, float, complex, bool, str, bytes, None: immutable
 
   def plain_repr(value):
@@ -294,7 +310,7 @@ def _child_main():
     def hole(j):
       if j not in got:
         v = thunks[j]()
-        if modes[j] == "iter" and _type(v) not in plain:
+        if modes[j] == "iter" and _id(_type(v)) not in plain_ids:
           v = _list(v)
         got[j] = freeze(v, [1 << 18])
       return got[j]

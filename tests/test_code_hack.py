@@ -99,6 +99,20 @@ builtins.AssertionError = type("Quiet", (Exception,), {})
 math.isclose = lambda *a, **k: True
 __builtins__ = {"__import__": __import__}
 """,
+    "metaclass_lookalike": """
+class M(type):  # a class that compares equal to int, and hashes like it: `type(v) in {int}`
+  __eq__ = lambda s, o: True
+  __hash__ = lambda s: hash(int)
+class E(metaclass=M):
+  __eq__ = lambda s, o: True
+  def __repr__(self):
+    return '4'
+def f(x):
+  return E()
+g = f
+def h(n):
+  return [E()] * n
+""",
     "sys_exit_before_tests": "def f(x):\n  return x * x\ng = h = f\nimport sys\nsys.exit(0)\n",
     "os_exit_before_tests": "def f(x):\n  return x * x\ng = h = f\nimport os\nos._exit(0)\n",
     "exit_inside_call": ("import os, sys\ndef f(x):\n  sys.exit(0)\n"
@@ -120,6 +134,27 @@ def test_honest_program_passes_every_test_as_python_does():
 def test_hostile_return_values_score_zero(name):
   result = sandbox.run_tests(HOSTILE[name], TESTS, config=CFG)
   assert result.reward() == 0.0, (name, result.passed, result.status, result.stderr[-500:])
+
+
+def test_lookalike_types_do_not_pass_io_tests_either():
+  result = sandbox.run_tests(HOSTILE["metaclass_lookalike"], [(2, 4), (3, 9)], entry_point="f",
+                             config=CFG)
+  assert result.passed == (False, False)
+
+
+def test_stdlib_dicts_are_read_as_dicts():
+  """MBPP's reference for freq_count returns collections.Counter(xs) and is tested against a dict
+  literal: Counter, OrderedDict and defaultdict are read as plain dicts (by dict.items, not by
+  their methods); other subclasses are refused."""
+  program = ("import collections\n"
+             "def count(xs):\n  return collections.Counter(xs)\n"
+             "def ordered(xs):\n  return collections.OrderedDict((x, 1) for x in xs)\n"
+             "class D(dict):\n  pass\n"
+             "def sub(xs):\n  return D({x: 1 for x in xs})\n")
+  result = sandbox.run_tests(program, ["assert count([1, 1, 2]) == {1: 2, 2: 1}",
+                                       "assert ordered([3]) == {3: 1}",
+                                       "assert sub([3]) == {3: 1}"], config=CFG)
+  assert result.passed == (True, True, False)
 
 
 def test_the_hacks_pass_asserts_judged_inside(monkeypatch):
