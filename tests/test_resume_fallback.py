@@ -68,8 +68,6 @@ def test_truncated_newest_checkpoint_resumes_from_the_one_before(tmp_path, caplo
   t2, _ = make_trainer()
   with caplog.at_level(logging.WARNING, logger="r1jax"):
     state_b = runner.run_grpo(t2, jax.tree.map(np.array, keep), run, max_steps=2)
-  warned = " ".join(r.getMessage() for r in caplog.records)
-  assert f"moved checkpoint {ckdir}/2" in warned and f"{ckdir}/2.corrupt-0" in warned
 
   # Step 2 again, from checkpoint 1: the same log and state as the uninterrupted run, and a new
   # checkpoint 2 (not refused as a step that exists) that restores.
@@ -82,6 +80,9 @@ def test_truncated_newest_checkpoint_resumes_from_the_one_before(tmp_path, caplo
   restored, _ = ck.restore(state_b)
   ck.close()
   assert int(restored["step"]) == 2
+  warned = " ".join(r.getMessage() for r in caplog.records)
+  assert f"moved checkpoint {ckdir}/2, which does not restore" in warned
+  assert f"{ckdir}/2.corrupt-0; delete that" in warned
 
 
 def test_no_checkpoint_restores_names_each_and_moves_nothing(tmp_path, caplog):
