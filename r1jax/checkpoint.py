@@ -46,21 +46,76 @@ class Checkpointer:
     return saved
 
   def restore(self, abstract_state: Any, step: Optional[int] = None) -> tuple[Any, dict]:
-    """Restores the state at `step` (default latest) into the structure of `abstract_state`
-    (a pytree of arrays or jax.ShapeDtypeStruct with the target shardings)."""
-    step = self.latest_step() if step is None else step
-    if step is None:
-      raise FileNotFoundError(f"no checkpoint in {self.directory}")
+    """Restores the state at `step` into the structure of `abstract_state` (a pytree of arrays
+    or jax.ShapeDtypeStruct with the target shardings).
+
+    Without `step`: the newest checkpoint that restores. One that fails to read (a truncated
+    array file after a full disk or a cut-short copy) is skipped with a warning, and once an
+    older one has restored, each skipped directory is moved aside to `<step>.corrupt-<n>`, so
+    that the run saves that step again instead of finding it taken. If none restores, raises
+    RuntimeError listing each checkpoint and its error, and moves nothing. A checkpoint of
+    another model (CheckpointShapeError) stops the search at once: older ones are of the same
+    run and would not fit either."""
     target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
+    if step is not None:
+      return self._restore_step(step, target)
+    steps = sorted(self.manager.all_steps(), reverse=True)
+    if not steps:
+      raise FileNotFoundError(f"no checkpoint in {self.directory}")
+    failed = []
+    for s in steps:
+      try:
+        restored = self._restore_step(s, target)
+      except CheckpointShapeError:
+        raise
+      except Exception as e:  # pylint: disable=broad-except
+        failed.append((s, e))
+        log.warning("checkpoint %s does not restore (%s): trying the one before it",
+                    self._step_dir(s), _first_line(e))
+        continue
+      for bad, e in failed:
+        aside = self._move_aside(bad)
+        log.warning("resuming from step %d: moved checkpoint %s, which does not restore (%s), to "
+                    "%s; delete that once you no longer need it", s, self._step_dir(bad),
+                    _first_line(e), aside)
+      if failed:
+        self.manager.reload()
+      return restored
+    listing = "\n".join(f"  {self._step_dir(s)}: {_first_line(e)}" for s, e in failed)
+    raise RuntimeError(
+        f"no checkpoint in {self.directory} restores:\n{listing}\nDelete the broken ones (or "
+        "the whole directory, to start the run again), or start the run in another directory")
+
+  def _restore_step(self, step: int, target: Any) -> tuple[Any, dict]:
     _check_shapes(self.directory, step, self.manager, target)
     restored = self.manager.restore(
         step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
                                       meta=ocp.args.JsonRestore()))
     return restored["state"], dict(restored.get("meta") or {})
 
+  def _step_dir(self, step: int) -> str:
+    return os.path.join(self.directory, str(step))
+
+  def _move_aside(self, step: int) -> str:
+    """Renames checkpoint `step`'s directory to `<step>.corrupt-<n>` (the first free n), a name
+    orbax does not read as a step. Returns the new path."""
+    n = 0
+    while os.path.exists(f"{self._step_dir(step)}.corrupt-{n}"):
+      n += 1
+    aside = f"{self._step_dir(step)}.corrupt-{n}"
+    if jax.process_index() == 0:
+      os.rename(self._step_dir(step), aside)
+    return aside
+
   def close(self):
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def _first_line(e: BaseException) -> str:
+  """An exception's type and first line: orbax's read errors carry a long tensorstore spec."""
+  line = (str(e).strip().splitlines() or [""])[0].split(" [tensorstore_spec")[0]
+  return f"{type(e).__name__}: {line[:500]}"
 
 
 def _check_shapes(directory, step, manager, target):

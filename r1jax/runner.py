@@ -6,7 +6,9 @@ Everything a run writes goes to its workdir:
   checkpoints/<step>/                 orbax checkpoints of the whole train state
   samples/step_<k>.jsonl              held-out completions at each evaluation (and train rollouts)
   accuracy.png, response_length.png, reflection.png   the paper's Figures 2 and 3 in miniature
-Running again with the same workdir resumes from the latest checkpoint.
+Running again with the same workdir resumes from the newest checkpoint that restores: one that
+does not (a truncated file after a full disk) is moved aside to checkpoints/<step>.corrupt-<n>
+with a warning, and its steps are done again.
 """
 
 from __future__ import annotations

@@ -17,6 +17,11 @@ Always on (any POSIX):
     cannot forge a pass. For (input, output) tests only the inputs enter the sandbox: the return
     value comes back as a literal and is compared here, so those expected outputs are never in
     reach of the program at all;
+  * assert-string tests (MBPP, HumanEval) whose expected side is a literal (`assert f(2) == 4`,
+    `assert abs(f(x) - y) < eps`, `assert f(x)`, ...: r1jax.assert_checks) are judged here too:
+    the sandbox lets out only values whose types are exactly builtin literal types all the way
+    down, as `repr` text, so an object whose `__eq__` or `__bool__` always says True, or an int
+    subclass that overrides them, scores 0;
   * an audit hook (PEP 578), installed after setup: blocks sockets, subprocesses, fork/exec/kill,
     ctypes, frame and gc introspection (so `traceback.format_exc()` fails too; `sys._getframe`
     raises ValueError, which namedtuple/warnings fall back on), tracing, writes/renames/removals
@@ -37,12 +42,13 @@ Linux x86_64, "seccomp": a BPF filter (with no_new_privs: needs no privilege) an
   raising rlimits. This is what stops a fork bomb when the host user is root: RLIMIT_NPROC does
   not bind uid 0, even inside a user namespace that maps to it.
 Not covered: CPU, memory-bandwidth and disk I/O contention between sandboxes (cgroups would be
-  needed); kernel bugs; and for assert-string tests (MBPP, HumanEval), which run inside the
-  sandbox: an object whose `__eq__` always returns True, a program that patches a module the
-  tests import, or one that reaches the runner's memory in its own process (the hook makes this
-  hard, not impossible). The tests do get the builtins as they were before the program ran. Without namespaces,
-  RLIMIT_NPROC counts all of the user's processes, so a sandboxed program usually cannot start
-  even a thread.
+  needed); kernel bugs; and for the asserts that still run inside the sandbox (both sides call
+  into the program or name test variables, `assert f(x) == g(x)`; comparisons inside a
+  comprehension; see r1jax.assert_checks): an object whose `__eq__` always returns True, a program
+  that patches a module the tests import, or one that reaches the runner's memory in its own
+  process (the hook makes this hard, not impossible). The tests do get the builtins as they were
+  before the program ran. Without namespaces, RLIMIT_NPROC counts all of the user's processes, so
+  a sandboxed program usually cannot start even a thread.
 """
 
 from __future__ import annotations
@@ -68,6 +74,8 @@ import time
 from typing import Any, Optional, Sequence
 
 import numpy as np
+
+from r1jax import assert_checks
 
 
 @dataclasses.dataclass(frozen=True)
@@ -235,28 +243,85 @@ def _child_main():
   tests, program, entry = spec["tests"], spec["program"], spec["entry_point"]
   compiled = [compile(t["src"], f"<test {i}>", "exec") if t["kind"] == "code"
               else literal_eval(t["args"]) for i, t in enumerate(tests)]
+  checks = [(compile(c["template"], f"<check {k}>", "eval"), c["modes"])
+            for k, c in enumerate(spec["checks"])]
   try:  # compiled now: the program could rebind `compile` before the setup code runs
     setup = compile(spec["setup"], "<test setup>", "exec") if spec["setup"] else None
   except SyntaxError as e:
     emit("test_setup_error " + name_of(e))
     exit_now(0)
   pristine = dict(builtins.__dict__)  # what the tests see, whatever the program does to builtins
-  plain = frozenset((int, float, bool, str, bytes, type(None), list, tuple, dict, set, frozenset))
+  plain = frozenset((int, float, complex, bool, str, bytes, type(None), list, tuple, dict, set,
+                     frozenset))
+  import collections
+  import math
+  # Read as the plain dicts they are (dict.items: C code over the table, none of the class's
+  # methods), since MBPP's own solutions return them: `collections.Counter(xs) == {...}`.
+  _id, _dict_items = id, dict.items
+  # By id: `type(v) in plain` would ask the program's metaclass (__eq__, __hash__).
+  plain_ids = frozenset(_id(t) for t in plain)
+  dict_like_ids = frozenset(_id(t) for t in (collections.Counter, collections.OrderedDict,
+                                             collections.defaultdict))
+  check_globals = {name: pristine[name] for name in spec["check_names"]}
+  check_globals.update({"_m_" + name: getattr(math, name) for name in spec["check_math"]})
+  check_globals["__builtins__"] = {}
+  _eval, _dict, _list, _tuple, _frozenset, _failed = (eval, dict, list, tuple, frozenset,
+                                                     AssertionError)
+  current = [-1]  # the test being run; -1 while the setup code runs
+
+  def freeze(v, budget, depth=0):
+    # A copy that only the runner holds, of exactly builtin literal types all the way down (no
+    # subclass but dict_like's, no object whose methods the program wrote), or AssertionError. A
+    # copy, so that nothing the program still reaches (a thread) can swap an element in before
+    # `repr`.
+    t = _type(v)
+    budget[0] -= 1
+    if (_id(t) not in plain_ids and _id(t) not in dict_like_ids) or budget[0] < 0 or depth > 100:
+      raise _failed("not a plain literal value")
+    if t is list:
+      return [freeze(x, budget, depth + 1) for x in v]
+    if t is tuple:
+      return _tuple([freeze(x, budget, depth + 1) for x in v])
+    if t is set:
+      return {freeze(x, budget, depth + 1) for x in v}
+    if t is frozenset:
+      return _frozenset([freeze(x, budget, depth + 1) for x in v])
+    if t is dict or _id(t) in dict_like_ids:
+      return {freeze(k, budget, depth + 1): freeze(x, budget, depth + 1)
+              for k, x in _dict_items(v)}
+    return v  # int, float, complex, bool, str, bytes, None: immutable
 
   def plain_repr(value):
-    # Only builtin literal types come back: a user object with __eq__ -> True cannot pass.
-    stack, count = [value], 0
-    while stack:
-      v = stack.pop()
-      t, count = _type(v), count + 1
-      if t not in plain or count > 10000:
-        return None
-      if t is dict:
-        stack.extend(v.keys()), stack.extend(v.values())
-      elif t in (list, tuple, set, frozenset):
-        stack.extend(v)
-    text = _repr(value)
-    return text if _len(text) <= 10000 else None
+    # Only builtin literal types come back: a user object with __eq__ -> True cannot pass. repr
+    # of these types is C code that the program cannot replace.
+    try:
+      text = _repr(freeze(value, [1 << 18]))
+    except _base:
+      return None
+    return text if _len(text) <= 1 << 20 else None
+
+  def check(slot, *thunks):
+    # A rewritten assert (r1jax.assert_checks): evaluates the holes the template asks for, lets
+    # out only plain values, and reports them; the caller judges them with its own copy of the
+    # template. This side's verdict only stops a failing test here, as the assert would.
+    code, modes = checks[slot]
+    got = {}
+
+    def hole(j):
+      if j not in got:
+        v = thunks[j]()
+        if modes[j] == "iter" and _id(_type(v)) not in plain_ids:
+          v = _list(v)
+        got[j] = freeze(v, [1 << 18])
+      return got[j]
+
+    holds = _eval(code, _dict(check_globals, _h=hole))
+    text = _repr(got)
+    if _len(text) > 1 << 20:
+      raise _failed("value too large")
+    emit(f"chk {current[0]} {slot} {text}")
+    if not holds:
+      raise _failed()
 
   if spec["audit_hook"]:
     sys.addaudithook(_make_audit_hook(workdir))
@@ -274,6 +339,7 @@ def _child_main():
   # builtins as they were before the program ran.
   scope = {k: v for k, v in namespace.items() if k not in pristine or k == entry}
   scope["__builtins__"] = pristine
+  scope[spec["check_fn"]] = check
   if setup is not None:
     try:
       _exec(setup, scope)
@@ -281,6 +347,7 @@ def _child_main():
       emit("test_setup_error " + name_of(e))
       exit_now(0)
   for i in _range(_len(tests)):
+    current[0] = i
     try:
       if tests[i]["kind"] == "code":
         _exec(compiled[i], scope)
@@ -490,12 +557,13 @@ def _resolve_layers(config: SandboxConfig) -> dict:
   return layers
 
 
-def _encode_tests(tests: Sequence, where: str) -> tuple:
-  """Split tests into what the sandbox sees (code, or only the inputs) and the expected outputs."""
+def _encode_tests(tests: Sequence, where: str, checks: list) -> tuple:
+  """Split tests into what the sandbox sees (code with its asserts rewritten into `checks`, or only
+  the inputs) and the expected outputs."""
   wire, expected = [], []
   for i, test in enumerate(tests):
     if isinstance(test, str):
-      wire.append({"kind": "code", "src": test})
+      wire.append({"kind": "code", "src": assert_checks.rewrite(test, checks)})
       expected.append(None)
     elif isinstance(test, (tuple, list)) and len(test) == 2:
       args = test[0] if isinstance(test[0], tuple) else (test[0],)
@@ -538,24 +606,38 @@ def run_tests(program: str, tests: Sequence, *, entry_point: str = "", setup_cod
     a literal equal to `output`. Tests that did not report before a timeout or crash fail.
   """
   config = config or SandboxConfig()
-  wire, expected = _encode_tests(tests, "run_tests")
+  checks = []
+  wire, expected = _encode_tests(tests, "run_tests", checks)
   if any(e is not None for e in expected) and not entry_point:
     raise ValueError("run_tests: (input, output) tests need an entry_point")
+  setup_code = assert_checks.rewrite(setup_code, checks) if setup_code else ""
   layers = _resolve_layers(config)
   spec = {"probe": False, "limits": _limits(config), "audit_hook": config.audit_hook,
           "readonly_fs": layers["readonly_fs"], "seccomp": layers["seccomp"], "tests": wire,
-          "program": program, "setup": setup_code, "entry_point": entry_point}
+          "program": program, "setup": setup_code, "entry_point": entry_point,
+          "checks": [dataclasses.asdict(c) for c in checks], "check_fn": assert_checks.CHECK_FN,
+          "check_names": sorted(assert_checks.NAMES),
+          "check_math": sorted(assert_checks.MATH_NAMES)}
+  codes = [c.code() for c in checks]
   passed = [False] * len(wire)
-  events = {}
+  events, refuted = {}, set()  # refuted: tests (-1: the setup) with a check that failed here
 
   def on_line(kind, rest):
-    if kind in ("pass", "fail", "io"):
+    if kind == "chk":
+      index, slot, text = (rest.split(" ", 2) + ["", ""])[:3]
+      try:
+        holds = assert_checks.verdict(codes[int(slot)], assert_checks.parse_value(text))
+      except (ValueError, IndexError, SyntaxError, TypeError, MemoryError, RecursionError):
+        holds = False
+      if not holds:
+        refuted.add(index)
+    elif kind in ("pass", "fail", "io"):
       index, _, value = rest.partition(" ")
       i = int(index) if index.isdigit() else -1
       if 0 <= i < len(passed) and i not in events:
         events[i] = kind
         if kind == "pass":
-          passed[i] = True
+          passed[i] = str(i) not in refuted and "-1" not in refuted
         elif kind == "io":
           try:
             passed[i] = _values_equal(ast.literal_eval(value), expected[i])

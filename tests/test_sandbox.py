@@ -124,9 +124,9 @@ def f(x):
 """
   result = sandbox.run_tests(program, ["assert f(1) == 2", "assert False", (1, 5)],
                              entry_point="f", config=CFG)
-  assert result.passed[1:] == (False, False)
-  # assert-string tests do trust __eq__ (documented); the io test compares outside the sandbox.
-  assert result.reward() <= 1 / 3
+  # Both the assert (its literal side is judged outside, r1jax.assert_checks) and the io test
+  # compare outside the sandbox, on plain values only.
+  assert result.passed == (False, False, False)
 
 
 def test_rebinding_builtins_does_not_pass_tests():

@@ -24,7 +24,9 @@ class CodeProblem:
 
   tests: assert strings run after the program and `setup_code`, or (input, output) pairs:
     `entry_point(*input)` (a non-tuple input is one argument) must return a literal equal to
-    output. program_template: how the extracted answer becomes a program ("{program}" is replaced).
+    output. An assert whose expected side is a literal (`assert f(2) == 4`) is judged outside the
+    sandbox on the plain value f(2) returned (r1jax.assert_checks), so an answer that returns an
+    object that equals anything scores 0. program_template: how the extracted answer becomes a program ("{program}" is replaced).
   reference: a known-correct answer (what goes inside <answer>), for tests and SFT data.
   """
   question: str
