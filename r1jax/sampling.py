@@ -574,8 +574,8 @@ def cut_at_stop_strings(out: SampleOutput, decode: Callable[[Sequence[int]], str
       texts.append(text)
       continue
     # The shortest prefix whose text holds a stop string: usually all n tokens (the loop stopped
-    # on the last one), else a binary search (a prefix's text holds the stop string of any
-    # longer prefix's text).
+    # on the last one), else a binary search (a longer prefix's text extends a shorter one's, so
+    # once a prefix holds a stop string every longer one does).
     k = n
     if n > 1 and _first_stop_end(decode(row[:n - 1]), stop_strings) is not None:
       lo, k = 0, n - 1  # prefix lo holds none, prefix k holds one
