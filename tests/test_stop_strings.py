@@ -161,6 +161,11 @@ def test_stop_strings_fire_whatever_the_tokens(smol):
   assert all(want[:10]) and want[10:] == [0, 0, 0]
   assert want[0] == len(ids[0]) and want[1] == len(ids[1]) and want[2] < len(ids[2])
   np.testing.assert_array_equal(got, want)
+  # A token shorter than the part of a stop string it would have to hold: its table row's
+  # zero padding must not match a stop string's zero byte.
+  a, b, nul = (smol.encode(c)[0] for c in ("a", "b", "\0"))
+  got = first_hits(trainer.text_stops(smol, ("ab\0",)), np.array([[a, b, a], [a, b, nul]]))
+  np.testing.assert_array_equal(got, [0, 3])
 
 
 def test_stop_strings_on_random_fragments(smol):
