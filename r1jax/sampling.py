@@ -92,15 +92,16 @@ class StopStrings:
 def _stop_table(encoded: tuple[bytes, ...], token_bytes: tuple[bytes, ...], w: int) -> np.ndarray:
   """StopStrings.table: [V, 2W + 1 + len(encoded)] uint8 (see there)."""
   table = np.zeros((len(token_bytes), 2 * w + 1 + len(encoded)), np.uint8)
-  for i, b in enumerate(token_bytes):
-    if not b:
-      continue
-    head, tail = b[:w], b[-w:]
-    table[i, :len(head)] = np.frombuffer(head, np.uint8)
-    table[i, 2 * w - len(tail):2 * w] = np.frombuffer(tail, np.uint8)
-    table[i, 2 * w] = min(len(b), w)
-    for j, s in enumerate(encoded):
-      table[i, 2 * w + 1 + j] = s in b
+  sizes = np.array([len(b) for b in token_bytes], np.int64)
+  flat = np.frombuffer(b"".join(token_bytes) + b"\0", np.uint8)
+  starts = np.cumsum(sizes) - sizes
+  for j in range(w):
+    table[:, j] = np.where(j < sizes, flat[np.minimum(starts + j, len(flat) - 1)], 0)
+    back = sizes - w + j  # byte j of the last W, right-aligned
+    table[:, w + j] = np.where(back >= 0, flat[np.clip(starts + back, 0, len(flat) - 1)], 0)
+  table[:, 2 * w] = np.minimum(sizes, w)
+  for j, s in enumerate(encoded):
+    table[:, 2 * w + 1 + j] = [s in b for b in token_bytes]
   table.setflags(write=False)
   return table
 
