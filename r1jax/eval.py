@@ -95,11 +95,11 @@ def evaluate_policy(params, model_config: ModelConfig, tokenizer, problems: Sequ
   `stop_sequences` are token-id sequences matched as ids.
   """
   from r1jax.runner import reflection_rate  # pylint: disable=import-outside-toplevel
-  from r1jax.trainer import decode_completions, encode_prompts, text_stops  # pylint: disable=import-outside-toplevel
+  from r1jax import trainer  # pylint: disable=import-outside-toplevel
   cfg = sampling.SamplingConfig(
       max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
       num_samples=num_samples, eos_ids=tuple(tokenizer.eos_ids), stop_sequences=stop_sequences,
-      stop_strings=text_stops(tokenizer, stop_strings), pad_id=tokenizer.pad_id)
+      stop_strings=trainer.text_stops(tokenizer, stop_strings), pad_id=tokenizer.pad_id)
   problems = list(problems)
   records, correct, answers = [], [], []
   lengths = []
@@ -113,11 +113,12 @@ def evaluate_policy(params, model_config: ModelConfig, tokenizer, problems: Sequ
     real = len(chunk)
     chunk = chunk + [chunk[-1]] * (batch_size - real)
     prompts = [format_prompt(p) for p in chunk]
-    ptoks, pmask = encode_prompts(tokenizer, prompts, max_prompt_length, add_bos)
+    ptoks, pmask = trainer.encode_prompts(tokenizer, prompts, max_prompt_length, add_bos)
     key, sub = jax.random.split(key)
     out = jax.device_get(sampling.generate(params, model_config, ptoks, pmask, sub, cfg))
     n = real * num_samples
-    out, texts = decode_completions(tokenizer, jax.tree.map(lambda x: x[:n], out), stop_strings)
+    out, texts = trainer.decode_completions(tokenizer, jax.tree.map(lambda x: x[:n], out),
+                                            stop_strings)
     rows = [p for p in chunk[:real] for _ in range(num_samples)]
     _, components, stats = score_fn(texts, rows)
     for name in reward_stats:

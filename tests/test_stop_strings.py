@@ -281,9 +281,9 @@ def forced_trainer(smol):
   cfg = trainer.TrainConfig(prompts_per_step=1, num_generations=G, max_prompt_length=2,
                             max_completion_length=N, stop_strings=(STOP,), temperature=1.0)
   config, _ = successor_model(smol.vocab_size, [0])
-  return trainer.GRPOTrainer(config, cfg, grpo.GRPOConfig(num_generations=G, max_completion_length=N),
-                             smol, list(range(len(E2E_TEXTS))), lambda p: "Alpha", Recorder(),
-                             add_bos=False)
+  loss_cfg = grpo.GRPOConfig(num_generations=G, max_completion_length=N)
+  return trainer.GRPOTrainer(config, cfg, loss_cfg, smol, list(range(len(E2E_TEXTS))),
+                             lambda p: "Alpha", Recorder(), add_bos=False)
 
 
 def test_generate_stops_on_text(smol, forced_trainer):
