@@ -111,7 +111,7 @@ def evaluate(args) -> dict:
       score_fn=score, extract_fn=rewards.extract_answer, num_samples=args.num_samples,
       key=jax.random.PRNGKey(1), max_prompt_length=args.max_prompt_length,
       max_new_tokens=args.new_tokens, batch_size=args.batch_size,
-      stop_sequences=(tuple(tok.encode("</answer>")),), add_bos=tok.bos_id is not None)
+      stop_strings=("</answer>",), add_bos=tok.bos_id is not None)
   keys = ("pass@1", "format_rate", "completion_length_mean", "truncated_fraction")
   from r1jax import sampling  # pylint: disable=import-outside-toplevel
   return dict({k: report[k] for k in keys}, seconds=time.perf_counter() - t0,

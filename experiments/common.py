@@ -62,7 +62,8 @@ flags.DEFINE_integer("max_completion_length", 128, "Generated tokens per complet
 flags.DEFINE_float("temperature", 1.0, "Sampling temperature (also used in the log-probs).")
 flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass.")
 flags.DEFINE_integer("top_k", 0, "Top-k sampling (0: off).")
-flags.DEFINE_list("stop_strings", [], "Strings that end a completion (e.g. </answer>).")
+flags.DEFINE_list("stop_strings", [], "Strings that end a completion where its text holds one, "
+                  "whatever tokens spell it (e.g. </answer>).")
 flags.DEFINE_float("learning_rate", 1e-6, "AdamW learning rate.")
 flags.DEFINE_enum("lr_scheduler_type", "constant", ["constant", "linear", "cosine"], "Schedule.")
 flags.DEFINE_integer("warmup_steps", 0, "Linear warm-up optimizer steps.")

@@ -28,7 +28,7 @@ import common  # noqa: F401  (defines the shared flags; adds the repo to sys.pat
 import jax  # noqa: E402
 
 from r1jax import eval as r1eval  # noqa: E402
-from r1jax import logs, rewards, tasks, trainer  # noqa: E402
+from r1jax import logs, rewards, tasks  # noqa: E402
 
 flags.DEFINE_string("split", "test", "Split to evaluate.")
 flags.DEFINE_integer("num_problems", 0, "Problems per task (0: the whole split).")
@@ -85,7 +85,7 @@ def evaluate_task(name, model_config, params, tokenizer, key):
       temperature=FLAGS.eval_temperature, top_p=FLAGS.eval_top_p, top_k=FLAGS.top_k,
       max_prompt_length=prompt_len, max_new_tokens=FLAGS.max_completion_length,
       batch_size=min(FLAGS.eval_batch_size, len(problems)),
-      stop_sequences=trainer.stop_sequences(tokenizer, FLAGS.stop_strings), add_bos=add_bos,
+      stop_strings=FLAGS.stop_strings, add_bos=add_bos,
       ks=ks, progress=FLAGS.progress)
   seconds = time.perf_counter() - t0
   report.update(task=name, split=FLAGS.split, eval_time_s=seconds,

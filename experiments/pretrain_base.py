@@ -141,14 +141,13 @@ def evaluate(params, config, tokenizer, task, num_problems):
   score = functools.partial(rewards.score_completions, reward_kind=task.reward_kind,
                             config=rewards.RewardConfig(executor="inline"),
                             prefix=tasks.completion_prefix(FLAGS.template))
-  stops = tuple(tuple(tokenizer.encode(s)) for s in FLAGS.stop_strings if s)
   return r1eval.evaluate_policy(
       params, config, tokenizer, test, format_prompt=fmt, score_fn=score,
       extract_fn=rewards.extract_answer, num_samples=FLAGS.eval_num_samples,
       key=jax.random.PRNGKey(FLAGS.seed + 1), temperature=FLAGS.eval_temperature,
       top_p=FLAGS.eval_top_p, max_prompt_length=FLAGS.max_prompt_length,
       max_new_tokens=FLAGS.max_completion_length, batch_size=FLAGS.eval_batch_size,
-      stop_sequences=stops, ks=(1, FLAGS.eval_num_samples))
+      stop_strings=FLAGS.stop_strings, ks=(1, FLAGS.eval_num_samples))
 
 
 def plot_loss(path, log):

@@ -201,7 +201,7 @@ def make_eval_fn(policy: Policy, problems, score_fn, vocabulary=None, seed_offse
         temperature=FLAGS.eval_temperature, top_p=FLAGS.eval_top_p,
         max_prompt_length=FLAGS.max_prompt_length, max_new_tokens=FLAGS.max_completion_length,
         batch_size=min(FLAGS.eval_batch_size, len(problems)),
-        stop_sequences=trainer.stop_sequences(policy.tokenizer, FLAGS.stop_strings),
+        stop_strings=FLAGS.stop_strings,
         add_bos=policy.add_bos, ks=(1, FLAGS.eval_num_samples))
     scores = [language.language_consistency(language.chain_of_thought(prefix() + c),
                                             FLAGS.language, vocabulary)
@@ -388,7 +388,7 @@ def rejection_sample(stage_dir, policy: Policy, params, problems, score_fn, rcfg
         key=jax.random.PRNGKey(FLAGS.seed + seed_offset), temperature=temperature, top_p=top_p,
         max_prompt_length=FLAGS.max_prompt_length, max_new_tokens=FLAGS.max_completion_length,
         batch_size=min(FLAGS.eval_batch_size, len(problems)),
-        stop_sequences=trainer.stop_sequences(policy.tokenizer, FLAGS.stop_strings),
+        stop_strings=FLAGS.stop_strings,
         add_bos=policy.add_bos, progress=False)
     logs.write_samples(samples_path, records)
   examples, stats = sft.select_completions(records, rcfg, prefix())

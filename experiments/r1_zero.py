@@ -76,7 +76,7 @@ def main(argv):
         temperature=FLAGS.eval_temperature, top_p=FLAGS.eval_top_p,
         max_prompt_length=FLAGS.max_prompt_length,
         max_new_tokens=FLAGS.max_completion_length, batch_size=FLAGS.eval_batch_size,
-        stop_sequences=grpo_trainer.sampling_config.stop_sequences, add_bos=add_bos,
+        stop_strings=cfg.stop_strings, add_bos=add_bos,
         ks=(1, FLAGS.eval_num_samples))
 
   run = runner.RunConfig(workdir=FLAGS.workdir, save_steps=FLAGS.save_steps,

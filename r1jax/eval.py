@@ -82,21 +82,24 @@ def evaluate_policy(params, model_config: ModelConfig, tokenizer, problems: Sequ
                     extract_fn: Callable[[str], Optional[str]],
                     num_samples: int, key, temperature: float = 0.6, top_p: float = 0.95,
                     top_k: int = 0, max_prompt_length: int = 256, max_new_tokens: int = 256,
-                    batch_size: int = 16, stop_sequences=(), add_bos: bool = True,
+                    batch_size: int = 16, stop_sequences=(), stop_strings: Sequence[str] = (),
+                    add_bos: bool = True,
                     ks: Sequence[int] = (1,), progress: bool = False):
   """Samples `num_samples` completions per problem and scores them.
 
   Problems go through the sampler `batch_size` at a time with fixed shapes (the last batch is
   padded by repeating a problem and the padding is discarded), so there is one compilation.
   Returns (report dict, records: one dict per problem with its prompt, completions, extracted
-  answers and per-sample correct / format / truncated / lengths lists).
+  answers and per-sample correct / format / truncated / lengths lists). `stop_strings` end a
+  completion wherever its text holds one (trainer.text_stops, trainer.decode_completions);
+  `stop_sequences` are token-id sequences matched as ids.
   """
   from r1jax.runner import reflection_rate  # pylint: disable=import-outside-toplevel
-  from r1jax.trainer import decode_completions, encode_prompts  # pylint: disable=import-outside-toplevel
+  from r1jax import trainer  # pylint: disable=import-outside-toplevel
   cfg = sampling.SamplingConfig(
       max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
       num_samples=num_samples, eos_ids=tuple(tokenizer.eos_ids), stop_sequences=stop_sequences,
-      pad_id=tokenizer.pad_id)
+      stop_strings=trainer.text_stops(tokenizer, stop_strings), pad_id=tokenizer.pad_id)
   problems = list(problems)
   records, correct, answers = [], [], []
   lengths = []
@@ -110,11 +113,12 @@ def evaluate_policy(params, model_config: ModelConfig, tokenizer, problems: Sequ
     real = len(chunk)
     chunk = chunk + [chunk[-1]] * (batch_size - real)
     prompts = [format_prompt(p) for p in chunk]
-    ptoks, pmask = encode_prompts(tokenizer, prompts, max_prompt_length, add_bos)
+    ptoks, pmask = trainer.encode_prompts(tokenizer, prompts, max_prompt_length, add_bos)
     key, sub = jax.random.split(key)
     out = jax.device_get(sampling.generate(params, model_config, ptoks, pmask, sub, cfg))
     n = real * num_samples
-    texts = decode_completions(tokenizer, out.tokens[:n], out.lengths[:n])
+    out, texts = trainer.decode_completions(tokenizer, jax.tree.map(lambda x: x[:n], out),
+                                            stop_strings)
     rows = [p for p in chunk[:real] for _ in range(num_samples)]
     _, components, stats = score_fn(texts, rows)
     for name in reward_stats:

@@ -19,8 +19,10 @@ weights and cache buffers (why: see model.py).
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import os
-from typing import NamedTuple, Optional, Sequence
+from typing import Callable, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -40,14 +42,79 @@ DEFAULT_ATTENTION = os.environ.get("R1JAX_SAMPLER_ATTENTION", "xla")
 DEFAULT_KERNELS = os.environ.get("R1JAX_SAMPLER_KERNELS", "xla")
 
 
+class StopStrings:
+  """Stop strings matched on the generated text, whatever its token boundaries.
+
+  A byte-level BPE tokenizer spells "</answer>" alone as ["</", "answer", ">"] but after a space as
+  [" </", "answer", ">"], so matching token ids misses it; this matches the UTF-8 bytes of the
+  text instead. Built once on the host from the bytes each token id adds to decoded text
+  (`tokenizer.token_bytes()`); the decode loop then checks each sampled token with fixed shapes
+  (`_text_stop_step`): it keeps the last W bytes of every row's generated text and asks whether
+  a stop string ends inside the new token, either wholly inside it or starting in those W bytes.
+  Only generated text counts: a stop string that begins in the prompt does not stop a row.
+
+  Attributes:
+    strings: the stop strings.
+    width: W = max(longest stop string in UTF-8 bytes - 1, 1).
+    table: [V, 2W + 1 + len(strings)] uint8 numpy, per token id: its first W bytes (zero-padded),
+      its last W bytes (right-aligned), min(byte length, W), then per stop string 1 where the
+      token holds the whole stop string. A token id >= V adds nothing.
+
+  Hashable (a static part of SamplingConfig) by the strings and a digest of the table.
+  """
+
+  def __init__(self, strings: Sequence[str], token_bytes: Sequence[bytes]):
+    strings = tuple(strings)
+    for s in strings:
+      if not isinstance(s, str) or not s:
+        raise ValueError(f"stop strings must be non-empty str, got {strings!r}")
+      if len(s.encode()) > 255:
+        raise ValueError(f"stop string {s[:20]!r}... is longer than 255 bytes")
+    if not strings:
+      raise ValueError("StopStrings needs at least one stop string")
+    self.strings = strings
+    self.encoded = tuple(s.encode() for s in strings)
+    self.width = max(max(len(b) for b in self.encoded) - 1, 1)
+    self.table = _stop_table(self.encoded, tuple(token_bytes), self.width)
+    self._key = (strings, hashlib.sha1(self.table.tobytes()).hexdigest())
+
+  def __hash__(self):
+    return hash(self._key)
+
+  def __eq__(self, other):
+    return isinstance(other, StopStrings) and self._key == other._key
+
+  def __repr__(self):
+    return f"StopStrings({self.strings!r}, vocab={self.table.shape[0]})"
+
+
+@functools.lru_cache(maxsize=8)
+def _stop_table(encoded: tuple[bytes, ...], token_bytes: tuple[bytes, ...], w: int) -> np.ndarray:
+  """StopStrings.table: [V, 2W + 1 + len(encoded)] uint8 (see there)."""
+  table = np.zeros((len(token_bytes), 2 * w + 1 + len(encoded)), np.uint8)
+  sizes = np.array([len(b) for b in token_bytes], np.int64)
+  flat = np.frombuffer(b"".join(token_bytes) + b"\0", np.uint8)
+  starts = np.cumsum(sizes) - sizes
+  for j in range(w):
+    table[:, j] = np.where(j < sizes, flat[np.minimum(starts + j, len(flat) - 1)], 0)
+    back = sizes - w + j  # byte j of the last W, right-aligned
+    table[:, w + j] = np.where(back >= 0, flat[np.clip(starts + back, 0, len(flat) - 1)], 0)
+  table[:, 2 * w] = np.minimum(sizes, w)
+  for j, s in enumerate(encoded):
+    table[:, 2 * w + 1 + j] = [s in b for b in token_bytes]
+  table.setflags(write=False)
+  return table
+
+
 @dataclasses.dataclass(frozen=True)
 class SamplingConfig:
   """How to sample completions. Hashable: it is a static argument of the jitted `generate`.
 
   temperature 0 means greedy decoding (the returned log-probs then use temperature 1).
   top_k 0 and top_p 1 switch those filters off. Generation of a row stops after a token of
-  `eos_ids` or after the last token of one of `stop_sequences` (token-id tuples matched against the
-  generated tokens only); the stop tokens are kept in the output and counted in `lengths`.
+  `eos_ids`, after the last token of one of `stop_sequences` (token-id tuples matched against the
+  generated tokens only), or after the token that completes one of `stop_strings` in the
+  generated text (StopStrings); the stop tokens are kept in the output and counted in `lengths`.
   """
 
   max_new_tokens: int
@@ -57,6 +124,7 @@ class SamplingConfig:
   num_samples: int = 1
   eos_ids: tuple[int, ...] = ()
   stop_sequences: tuple[tuple[int, ...], ...] = ()
+  stop_strings: Optional[StopStrings] = None
   pad_id: int = 0
   # "xla": attention over the whole fixed-length cache under a mask. "ragged": only the filled
   # slots of each row, and of a finished row only its first slot (model.ragged_decode_attention,
@@ -109,6 +177,9 @@ class SamplingConfig:
       raise ValueError(f"stop_sequences={self.stop_sequences!r} contains an empty sequence")
     if any(i < 0 for i in eos) or any(i < 0 for s in stops for i in s):
       raise ValueError("eos_ids and stop_sequences must hold non-negative token ids")
+    if self.stop_strings is not None and not isinstance(self.stop_strings, StopStrings):
+      raise ValueError(f"stop_strings={self.stop_strings!r} must be a StopStrings (built from the "
+                       "tokenizer: trainer.text_stops) or None")
     object.__setattr__(self, "eos_ids", eos)
     object.__setattr__(self, "stop_sequences", stops)
     object.__setattr__(self, "temperature", float(self.temperature))
@@ -237,6 +308,7 @@ class _State(NamedTuple):
   done: jax.Array       # [R] bool
   lengths: jax.Array    # [R] int32, tokens written so far (stop token included)
   history: jax.Array    # [R,M] int32, last M generated tokens (M = longest stop sequence)
+  text_tail: jax.Array  # [R,W] int32, last W bytes of the generated text, -1 before its start
   last: jax.Array       # [R] int32, last sampled token (fed to the next decode step)
 
 
@@ -249,6 +321,26 @@ def _stop_hit(history: jax.Array, stop_sequences) -> jax.Array:
   return hit
 
 
+def _text_stop_step(text_tail: jax.Array, token: jax.Array, stops: StopStrings):
+  """Appends `token` [R] to the text kept in `text_tail` [R,W] int32 (bytes, -1 = none).
+
+  Returns (hit [R] bool: a stop string ends inside the new token's bytes, new text_tail [R,W]).
+  """
+  w = stops.width
+  row = jnp.take(jnp.asarray(stops.table), token, axis=0, mode="fill", fill_value=0)
+  row = row.astype(jnp.int32)
+  head, last, size, inside = row[:, :w], row[:, w:2 * w], row[:, 2 * w], row[:, 2 * w + 1:]
+  hit = jnp.any(inside > 0, axis=-1)  # a stop string wholly inside the new token
+  both = jnp.concatenate([text_tail, head], axis=1)  # [R,2W]; head is valid up to `size`
+  for s in stops.encoded:  # static and few
+    m, target = len(s), jnp.asarray(list(s), jnp.int32)
+    for k in range(m - 1):  # ends at byte k of the new token and starts before it
+      window = both[:, w + k + 1 - m:w + k + 1]
+      hit |= jnp.all(window == target, axis=-1) & (k < size)
+  shifted = jnp.take_along_axis(both, size[:, None] + jnp.arange(w)[None, :], axis=1)
+  return hit, jnp.where((size >= w)[:, None], last, shifted)
+
+
 def _sample_and_record(state: _State, key: jax.Array, sampling: SamplingConfig) -> _State:
   """Samples token `state.step` from `state.logits` and writes it for the rows not yet done."""
   t = state.step
@@ -257,16 +349,19 @@ def _sample_and_record(state: _State, key: jax.Array, sampling: SamplingConfig) 
   active = ~state.done
   tokens = state.tokens.at[:, t].set(jnp.where(active, token, sampling.pad_id))
   log_probs = state.log_probs.at[:, t].set(jnp.where(active, logp, 0.0))
-  history = state.history
+  history, text_tail = state.history, state.text_tail
   stopped = jnp.zeros_like(active)
   if sampling.eos_ids:
     stopped |= jnp.isin(token, jnp.asarray(sampling.eos_ids, jnp.int32))
   if sampling.stop_sequences:
     history = jnp.concatenate([history[:, 1:], token[:, None]], axis=1)
     stopped |= _stop_hit(history, sampling.stop_sequences)
+  if sampling.stop_strings is not None:
+    hit, text_tail = _text_stop_step(text_tail, token, sampling.stop_strings)
+    stopped |= hit
   return state._replace(tokens=tokens, log_probs=log_probs, done=state.done | (active & stopped),
                         lengths=state.lengths + active.astype(jnp.int32), history=history,
-                        last=token)
+                        text_tail=text_tail, last=token)
 
 
 def _generate(params, config: ModelConfig, prompt_tokens, prompt_mask, key,
@@ -313,6 +408,8 @@ def _generate(params, config: ModelConfig, prompt_tokens, prompt_mask, key,
       lengths=jnp.zeros((r,), jnp.int32),
       history=jnp.full((r, max([len(q) for q in sampling.stop_sequences], default=1)), -1,
                        jnp.int32),
+      text_tail=jnp.full((r, 1 if sampling.stop_strings is None else sampling.stop_strings.width),
+                         -1, jnp.int32),
       last=jnp.zeros((r,), jnp.int32),
   )
   state = _sample_and_record(state, key, sampling)
@@ -435,3 +532,66 @@ def generate(params, config: ModelConfig, prompt_tokens, prompt_mask, key: jax.A
   fn = _generate_nested if traced else _generate_jit
   return fn(params, config, prompt_tokens, prompt_mask, key, sampling, cache_dtype=cache_dtype,
             cache_sharding=cache_sharding)
+
+
+# ----------------------------------------------------------------------------------------------
+# Host side: cutting decoded completions at their first stop string
+# ----------------------------------------------------------------------------------------------
+def _first_stop_end(text: str, stop_strings: Sequence[str]) -> Optional[int]:
+  """End (exclusive) of the earliest-ending stop string occurrence in `text`, or None."""
+  ends = [i + len(s) for s in stop_strings for i in (text.find(s),) if i >= 0]
+  return min(ends) if ends else None
+
+
+def cut_at_stop_strings(out: SampleOutput, decode: Callable[[Sequence[int]], str],
+                        stop_strings: Sequence[str], pad_id: int) -> tuple[SampleOutput, list[str]]:
+  """Decodes every completion and cuts it at the first stop string of its text.
+
+  The decode loop stops a row on the token that completes a stop string, but a row can still
+  hold one it did not stop on (one that ended at max_new_tokens, or a stop string that only
+  the whole text's decoding shows), so this is the one place where completions end. A row whose
+  text holds a stop string keeps its tokens up to and including the one that completes the first
+  occurrence (the shortest prefix whose decoded text holds a stop string); its later tokens become
+  `pad_id` with log-prob 0 and mask False, its length shrinks to match, it is not truncated, and
+  its text ends right after the stop string (even where the completing token runs past it).
+  Other rows are decoded as they are.
+
+  Args:
+    out: a SampleOutput with host (numpy) or device arrays.
+    decode: token ids -> text (tokenizer.decode).
+    stop_strings: the stop strings ((): only decode).
+
+  Returns:
+    (SampleOutput with numpy arrays, R decoded texts).
+  """
+  tokens, lengths = np.array(out.tokens), np.array(out.lengths)
+  log_probs, truncated = np.array(out.log_probs), np.array(out.truncated)
+  stop_strings = [s for s in stop_strings if s]
+  texts = []
+  for r, (row, n) in enumerate(zip(tokens, lengths)):
+    text = decode(row[:n])
+    end = _first_stop_end(text, stop_strings) if stop_strings else None
+    if end is None:
+      texts.append(text)
+      continue
+    # The shortest prefix whose text holds a stop string: usually all n tokens (the loop stopped
+    # on the last one), else a binary search (a longer prefix's text extends a shorter one's, so
+    # once a prefix holds a stop string every longer one does).
+    k = n
+    if n > 1 and _first_stop_end(decode(row[:n - 1]), stop_strings) is not None:
+      lo, k = 0, n - 1  # prefix lo holds none, prefix k holds one
+      while k - lo > 1:
+        mid = (lo + k) // 2
+        if _first_stop_end(decode(row[:mid]), stop_strings) is None:
+          lo = mid
+        else:
+          k = mid
+      text = decode(row[:k])
+      end = _first_stop_end(text, stop_strings)
+    texts.append(text[:end])
+    tokens[r, k:], log_probs[r, k:] = pad_id, 0.0
+    lengths[r], truncated[r] = k, False
+  mask = np.arange(tokens.shape[1])[None, :] < lengths[:, None]
+  return out._replace(tokens=tokens, log_probs=log_probs, mask=mask, lengths=lengths,
+                      truncated=truncated, prompt_tokens=np.asarray(out.prompt_tokens),
+                      prompt_mask=np.asarray(out.prompt_mask)), texts

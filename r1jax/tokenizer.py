@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Optional, Sequence
 
 
@@ -39,6 +40,10 @@ class CharTokenizer:
   @property
   def eos_ids(self) -> tuple[int, ...]:
     return (self.eos_id,)
+
+  def token_bytes(self) -> tuple[bytes, ...]:
+    """[vocab_size] the UTF-8 bytes each id adds to decoded text (b"" for the special ids)."""
+    return (b"",) * 4 + tuple(c.encode() for c in self._chars)
 
 
 class HFTokenizer:
@@ -78,6 +83,7 @@ class HFTokenizer:
     self.bos_id = token_id(tc.get("bos_token")) or meta.get("config.json", {}).get("bos_token_id")
     pad = token_id(tc.get("pad_token"))
     self.pad_id = pad if pad is not None else (self.eos_id if self.eos_id is not None else 0)
+    self._token_bytes = None
 
   def encode(self, text: str, add_bos: bool = False) -> list[int]:
     ids = self._tok.encode(text, add_special_tokens=False).ids
@@ -90,6 +96,72 @@ class HFTokenizer:
   def eos_ids(self) -> tuple[int, ...]:
     return self._eos_ids
 
+  def token_bytes(self) -> tuple[bytes, ...]:
+    """[vocab_size] the UTF-8 bytes each id adds to decoded text (b"" for special tokens, which
+    `decode` drops). Computed once (about a second for a 150k vocabulary)."""
+    if self._token_bytes is None:
+      self._token_bytes = _hf_token_bytes(self._tok)
+    return self._token_bytes
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+  """GPT-2's byte -> printable character map, the alphabet of byte-level BPE vocabularies."""
+  printable = set(range(0x21, 0x7F)) | set(range(0xA1, 0xAD)) | set(range(0xAE, 0x100))
+  chars, extra = {}, 0
+  for b in range(256):
+    if b in printable:
+      chars[b] = chr(b)
+    else:
+      chars[b] = chr(256 + extra)
+      extra += 1
+  return chars
+
+
+def _decoder_types(spec) -> set:
+  """The `type` names in a tokenizer.json decoder spec (Sequence decoders nest)."""
+  if isinstance(spec, dict):
+    return {spec.get("type")} | set().union(*(_decoder_types(v) for v in spec.values()))
+  if isinstance(spec, list):
+    return set().union(*(_decoder_types(v) for v in spec))
+  return set()
+
+
+def _hf_token_bytes(tok) -> tuple[bytes, ...]:
+  """The bytes each id of a `tokenizers.Tokenizer` adds to decoded text.
+
+  Byte-level vocabularies (GPT-2, Qwen, SmolLM) map their characters back to bytes, so a token
+  that holds part of a UTF-8 character gets its exact bytes. Byte-fallback tokens `<0xNN>` are
+  byte NN. Any other token is decoded after a fixed prefix and the prefix's text removed, which
+  keeps the word-start space of SentencePiece-style tokens (as transformers' StopStringCriteria).
+  Added tokens decode to their text, special ones to nothing.
+  """
+  spec = json.loads(tok.to_str())
+  kinds = _decoder_types(spec.get("decoder"))
+  added = {a["id"]: a for a in spec.get("added_tokens", [])}
+  size = tok.get_vocab_size(with_added_tokens=True)
+  out: list = [None] * size
+  for i, a in added.items():
+    if i < size:
+      out[i] = b"" if a.get("special") else a["content"].encode()
+  if "ByteLevel" in kinds:
+    byte_of = {c: b for b, c in _bytes_to_unicode().items()}
+    for i in range(size):
+      token = tok.id_to_token(i) if out[i] is None else None
+      if token is not None and all(c in byte_of for c in token):
+        out[i] = bytes(byte_of[c] for c in token)
+  if "ByteFallback" in kinds:
+    for i in range(size):
+      token = tok.id_to_token(i) if out[i] is None else None
+      if token is not None and re.fullmatch(r"<0x[0-9A-Fa-f]{2}>", token):
+        out[i] = bytes([int(token[3:5], 16)])
+  rest = [i for i in range(size) if out[i] is None]
+  if rest:
+    prefix = tok.encode("abcdef", add_special_tokens=False).ids
+    base = tok.decode(prefix, skip_special_tokens=True)
+    texts = tok.decode_batch([prefix + [i] for i in rest], skip_special_tokens=True)
+    for i, text in zip(rest, texts):
+      out[i] = text[len(base):].encode() if text.startswith(base) else text.encode()
+  return tuple(out)
 
 def load_tokenizer(spec: str):
   """'char' -> CharTokenizer; a directory or tokenizer.json path -> HFTokenizer."""

@@ -263,14 +263,21 @@ def encode_prompts(tokenizer, texts: Sequence[str], max_len: int, add_bos: bool)
   return sampling.left_pad(ids, tokenizer.pad_id, max_len)
 
 
-def stop_sequences(tokenizer, stop_strings: Sequence[str]) -> tuple[tuple[int, ...], ...]:
-  """Token sequences of the stop strings (exact for character tokenizers; for BPE tokenizers a
-  stop string can tokenize differently in context, so EOS remains the reliable stop)."""
-  return tuple(tuple(tokenizer.encode(s)) for s in stop_strings if s)
+def text_stops(tokenizer, stop_strings: Sequence[str]) -> Optional[sampling.StopStrings]:
+  """The sampler's matcher of `stop_strings` on the generated text (None without any): a stop
+  string stops a row whatever tokens spell it (BPE spells "</answer>" differently after a space,
+  a period or a newline). Tables come from `tokenizer.token_bytes()`."""
+  stop_strings = tuple(s for s in stop_strings if s)
+  if not stop_strings:
+    return None
+  return sampling.StopStrings(stop_strings, tokenizer.token_bytes())
 
 
-def decode_completions(tokenizer, tokens: np.ndarray, lengths: np.ndarray) -> list[str]:
-  return [tokenizer.decode(t[:n]) for t, n in zip(tokens, lengths)]
+def decode_completions(tokenizer, out: sampling.SampleOutput, stop_strings: Sequence[str] = ()
+                       ) -> tuple[sampling.SampleOutput, list[str]]:
+  """(out cut at the first stop string of each completion's text, the decoded texts): nothing
+  past a stop string reaches rewards, the loss or logs (sampling.cut_at_stop_strings)."""
+  return sampling.cut_at_stop_strings(out, tokenizer.decode, stop_strings, tokenizer.pad_id)
 
 
 @dataclasses.dataclass
@@ -310,7 +317,7 @@ class GRPOTrainer:
     self.sampling_config = sampling.SamplingConfig(
         max_new_tokens=cfg.max_completion_length, temperature=cfg.temperature,
         top_k=cfg.top_k, top_p=cfg.top_p, num_samples=cfg.num_generations, eos_ids=eos,
-        stop_sequences=stop_sequences(tokenizer, cfg.stop_strings), pad_id=tokenizer.pad_id)
+        stop_strings=text_stops(tokenizer, cfg.stop_strings), pad_id=tokenizer.pad_id)
     # Shared by the trainers of one configuration (see `_compiled`).
     self.optimizer, self.schedule, self.update_step, self.logprob_fn = _compiled(
         model_config, compiled_key(cfg), loss_cfg)
@@ -345,7 +352,7 @@ class GRPOTrainer:
     out = jax.device_get(out)
     sample_time = time.perf_counter() - t0
     rows = [p for p in problems for _ in range(self.cfg.num_generations)]
-    completions = decode_completions(self.tokenizer, out.tokens, out.lengths)
+    out, completions = decode_completions(self.tokenizer, out, self.cfg.stop_strings)
     t0 = time.perf_counter()
     rewards, components, stats = self.reward_fn(completions, rows)
     rewards = np.asarray(rewards, np.float32)
