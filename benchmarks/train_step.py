@@ -236,9 +236,10 @@ def run_one(args, preset, rows, remat, mesh, peak, attention="auto", logprobs="f
 # ----------------------------------------------------------------------------------------------
 # --check
 # ----------------------------------------------------------------------------------------------
-def compare(name, got, want, ref, valid, ratio) -> bool:
-  """Prints max / mean |got - want| over the `valid` entries next to the baseline's noise
-  max |want - ref|; True when the max is within ratio * noise + 1e-4 * max |want|."""
+def compare(name, got, want, ref, valid, ratio, quiet=False):
+  """Max / mean |got - want| over the `valid` entries next to the baseline's noise
+  max |want - ref|; ok when the max is within ratio * noise + 1e-4 * max |want|. Prints the
+  line unless `quiet`; returns (ok, max / bound, line)."""
   import numpy as np  # pylint: disable=import-outside-toplevel
   got, want, ref = (np.asarray(x, np.float32) for x in (got, want, ref))
   valid = np.ones(got.shape, bool) if valid is None else np.broadcast_to(valid, got.shape)
@@ -246,9 +247,25 @@ def compare(name, got, want, ref, valid, ratio) -> bool:
   noise = float(np.abs(want - ref)[valid].max())
   bound = ratio * noise + 1e-4 * float(np.abs(want)[valid].max())
   ok = bool(np.isfinite(diff).all()) and float(diff.max()) <= bound
-  print(f"  {name}: max {diff.max():.3e} mean {diff.mean():.3e} | baseline noise max "
-        f"{noise:.3e} | bound {bound:.3e} | {'ok' if ok else 'FAIL'}", flush=True)
-  return ok
+  line = (f"  {name}: max {diff.max():.3e} mean {diff.mean():.3e} | baseline noise max "
+          f"{noise:.3e} | bound {bound:.3e} | {'ok' if ok else 'FAIL'}")
+  if not quiet:
+    print(line, flush=True)
+  return ok, float(diff.max()) / max(bound, 1e-30), line
+
+
+def compare_trees(got, want, ref, ratio) -> bool:
+  """`compare` on every leaf; prints the leaf nearest its bound and every failing one."""
+  import jax  # pylint: disable=import-outside-toplevel
+  results = [compare(f"grad {jax.tree_util.keystr(path)}", g, w, r, None, ratio, quiet=True)
+             for (path, g), w, r in zip(jax.tree_util.tree_leaves_with_path(got),
+                                        jax.tree.leaves(want), jax.tree.leaves(ref))]
+  worst = max(results, key=lambda x: x[1])
+  for ok, _, line in results:
+    if not ok or line is worst[2]:
+      print(line + ("" if not ok else f"  (nearest its bound of {len(results)} leaves)"),
+            flush=True)
+  return all(ok for ok, _, _ in results)
 
 
 def padded_masks(rows, seq_len, prompt_len, seed=0):
@@ -305,7 +322,8 @@ def check_attention(args, config, rows, impl) -> bool:
       ms = _median_seconds(run, max(args.repeats, 3)) * 1e3
       print(f"  {name}: fwd+bwd {ms:.2f} ms", flush=True)
     for i, what in enumerate(("out", "dq", "dk", "dv")):
-      ok &= compare(what, results[impl][i], results["xla"][i], ref[i], valid, args.check_ratio)
+      ok &= compare(what, results[impl][i], results["xla"][i], ref[i], valid,
+                    args.check_ratio)[0]
   return ok
 
 
@@ -348,11 +366,8 @@ def check_model(args, preset, rows, impl) -> bool:
       got = grads(config, params, mask, causal_only)
       print(f"{preset}, {rows} x {args.seq_len} tokens, {layout}: attention {attention}, "
             f"{logprobs} log-probs against xla, unfused", flush=True)
-      ok &= compare("logp", got[1], want[1], ref[1], valid, args.check_ratio)
-      leaves = zip(jax.tree_util.tree_leaves_with_path(got[0]), jax.tree.leaves(want[0]),
-                   jax.tree.leaves(ref[0]))
-      for (path, g), w, r in leaves:
-        ok &= compare(f"grad {jax.tree_util.keystr(path)}", g, w, r, None, args.check_ratio)
+      ok &= compare("logp", got[1], want[1], ref[1], valid, args.check_ratio)[0]
+      ok &= compare_trees(got[0], want[0], ref[0], args.check_ratio)
   return ok
 
 
