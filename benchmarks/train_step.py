@@ -166,7 +166,8 @@ def run_one(args, preset, rows, remat, mesh, peak, attention="auto", logprobs="f
   """Builds, compiles and times one configuration; returns a row of the table."""
   import jax  # pylint: disable=import-outside-toplevel
 
-  from r1jax import accumulate, grpo, model, sharding, trainer  # pylint: disable=import-outside-toplevel
+  # pylint: disable-next=import-outside-toplevel
+  from r1jax import accumulate, grpo, model, sharding, trainer
 
   config = model_config(args, preset, attention, logprobs)
   attention = model.attention_implementation(config, args.seq_len, False)
