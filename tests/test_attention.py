@@ -38,7 +38,8 @@ def _qkv(seed=0):
 
 def _left_padded():  # prompts left-padded, completions right-padded: a span per row
   slots = np.arange(T)
-  return jnp.asarray((slots >= np.array([0, 3, 5])[:, None]) & (slots < np.array([9, 8, 7])[:, None]))
+  start, end = np.array([0, 3, 5])[:, None], np.array([9, 8, 7])[:, None]
+  return jnp.asarray((slots >= start) & (slots < end))
 
 
 def _right_padded():  # valid tokens a prefix: what causal_only assumes

@@ -496,3 +496,15 @@ def test_decode_gemm_small_checks_every_op():
   assert {tuple(line.split(" | ")[:2]) for line in best} == {
       (op, rows) for op in ("qkv", "wo", "gate_up", "down") for rows in ("16", "32")}, out
   assert out.count("sum over") == 2, out
+
+
+@pytest.mark.bench
+def test_train_step_small_check(capsys):
+  """train_step --small --check: the cuDNN path's attention call (jax's xla implementation on a
+  CPU) and fused log-probs pass the comparison, and the table has a row per combination."""
+  import train_step  # pylint: disable=import-outside-toplevel
+  assert train_step.main(["--small", "--check", "--logprobs", "fused,unfused"]) == 0
+  out = capsys.readouterr().out
+  assert "check passed" in out and "FAIL" not in out
+  rows = [line.split(" | ") for line in out.splitlines() if line.startswith("tiny | ")]
+  assert [(r[4], r[5]) for r in rows] == [("xla", "fused"), ("xla", "unfused")]
