@@ -337,7 +337,8 @@ def _cache_size(*fns) -> int:
   """Compiled executables of jitted functions (a sharded step counts its `.jitted`; a function
   that is not jitted counts 0)."""
   fns = [getattr(f, "jitted", f) for f in fns]
-  return sum(f._cache_size() for f in fns if hasattr(f, "_cache_size"))  # pylint: disable=protected-access
+  # pylint: disable-next=protected-access
+  return sum(f._cache_size() for f in fns if hasattr(f, "_cache_size"))
 
 
 class BucketedLogprobFn:
