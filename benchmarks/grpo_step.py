@@ -24,6 +24,14 @@ likes, so the amount of work would vary from step to step. By default the tokeni
 and the stop strings are therefore dropped: no completion stops early, every one is exactly
 --new_tokens tokens, and a step generates rows * new_tokens tokens. --allow_stop keeps EOS and
 the "</answer>" stop; the step then depends on what the model writes.
+Variable lengths: --length_dist real cuts each completion after a drawn number of tokens, as if
+EOS came there (the trainer's generate is wrapped: mask, tokens, lengths and `truncated` are set
+as the sampler sets them for a completion that stopped). Lengths are N * Beta(1.5, 3.5) rounded
+up: mean 30% of N, a real run's spread (a few near N), drawn once from --seed: every step sees
+the same lengths, so the first step compiles each bucket length that the timed steps use (a
+real run's steady state). The sampler still generates N tokens per row (its rollout time is that of
+the fixed case); the log-prob passes and the update see the cut batch, which is what
+--length_buckets (the trainer's; 0: the fixed length P + N) makes cost follow the real tokens.
 Default config (GPU): qwen2.5-0.5b, random bf16 weights, B=32 x G=8 = 256 rows, P=128, N=512,
 μ=2 (so the π_old pass is timed too), beta=0.04, remat full, 4 accumulation micro-batches,
 log-prob passes in chunks of 64 rows.
@@ -38,6 +46,7 @@ left-padded to --prompt_len.
 
   python benchmarks/grpo_step.py --preset qwen2.5-0.5b --prompts 32 --num_generations 8 \\
       --prompt_len 128 --new_tokens 512          # 256 rows, bf16, one GPU or a mesh
+  python benchmarks/grpo_step.py --new_tokens 1024 --length_dist real   # lengths of a real run
   python benchmarks/grpo_step.py --small         # CPU, tiny preset on 8 fake devices, seconds
 """
 
@@ -80,6 +89,10 @@ def parse_args(argv=None):
                       help="rows per chunk of the π_old/π_ref passes (0: all)")
   parser.add_argument("--logprob_chunk_size", type=int, default=128,
                       help="positions per unembedding chunk (0: whole sequence)")
+  parser.add_argument("--length_dist", default="fixed", choices=("fixed", "real"),
+                      help="completion lengths: all --new_tokens, or drawn (mean 30%%)")
+  parser.add_argument("--length_buckets", type=int, default=4,
+                      help="the trainer's --length_buckets (0: fixed length P + N)")
   parser.add_argument("--repeats", type=int, default=3, help="timed steps; medians are kept")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--small", action="store_true",
@@ -101,8 +114,10 @@ def parse_args(argv=None):
     parser.error(f"--num_generations={args.num_generations} must be >= 2 (group advantages)")
   if args.new_tokens < 1:
     parser.error(f"--new_tokens={args.new_tokens} must be >= 1")
-  if args.beta < 0 or args.logprob_batch_size < 0 or args.logprob_chunk_size < 0:
-    parser.error("--beta, --logprob_batch_size and --logprob_chunk_size must be >= 0")
+  if (args.beta < 0 or args.logprob_batch_size < 0 or args.logprob_chunk_size < 0
+      or args.length_buckets < 0):
+    parser.error("--beta, --logprob_batch_size, --logprob_chunk_size and --length_buckets must "
+                 "be >= 0")
   if args.checkpoint and not os.path.isdir(args.checkpoint):
     parser.error(f"--checkpoint={args.checkpoint!r} is not a directory")
   return args
@@ -201,7 +216,8 @@ def build_trainer(args, config, tokenizer, mesh):
       num_iterations=args.num_iterations, num_minibatches=args.num_minibatches,
       remat=args.remat, logprob_chunk_size=args.logprob_chunk_size or None,
       gradient_accumulation_steps=args.gradient_accumulation_steps,
-      logprob_batch_size=args.logprob_batch_size or None, seed=args.seed)
+      logprob_batch_size=args.logprob_batch_size or None, length_buckets=args.length_buckets,
+      seed=args.seed)
   loss_cfg = grpo.GRPOConfig(num_generations=args.num_generations, max_completion_length=n,
                              beta=args.beta)
   try:
@@ -209,6 +225,32 @@ def build_trainer(args, config, tokenizer, mesh):
                                add_bos=tokenizer.bos_id is not None, mesh=mesh)
   except ValueError as e:
     raise SystemExit(str(e))
+
+
+def real_lengths(rows: int, n: int, seed: int):
+  """[rows] completion lengths in [1, n]: n * Beta(1.5, 3.5) rounded up (mean 0.3 n)."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  rng = np.random.RandomState(seed)
+  return np.clip(np.ceil(n * rng.beta(1.5, 3.5, rows)), 1, n).astype(np.int32)
+
+
+def cut_generate(generate, new_tokens: int, seed: int, pad_id: int):
+  """`generate` whose completions stop after `real_lengths` tokens (one draw, the same each
+  call), as if EOS came there: mask, tokens (pad after the end), log-probs, lengths and
+  `truncated` as the sampler writes them for a completion that stopped."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+
+  def fn(params, tokens, mask, key):
+    out = jax.device_get(generate(params, tokens, mask, key))
+    want = real_lengths(out.mask.shape[0], new_tokens, seed)
+    keep = out.mask & (np.arange(out.mask.shape[1])[None] < want[:, None])
+    lengths = keep.sum(1).astype(np.int32)
+    return out._replace(tokens=np.where(keep, out.tokens, pad_id).astype(out.tokens.dtype),
+                        mask=keep, log_probs=np.where(keep, out.log_probs, 0.0),
+                        lengths=lengths, truncated=out.truncated & (lengths == keep.shape[1]))
+
+  return fn
 
 
 def timed_logprob_fn(fn, seconds: list):
@@ -254,6 +296,9 @@ def main(argv=None):
   config, params, base_tokenizer = load_policy(args, mesh)
   tokenizer = BenchTokenizer(base_tokenizer, args.allow_stop)
   grpo_trainer = build_trainer(args, config, tokenizer, mesh)
+  if args.length_dist == "real":
+    grpo_trainer.generate = cut_generate(grpo_trainer.generate, args.new_tokens, args.seed,
+                                         grpo_trainer.sampling_config.pad_id)
   calls: list[float] = []
   grpo_trainer.logprob_fn = timed_logprob_fn(grpo_trainer.logprob_fn, calls)
   state = {"state": grpo_trainer.init_state(params)}
@@ -285,13 +330,15 @@ def main(argv=None):
         f"dtype {args.dtype}, B={args.prompts} x G={args.num_generations} = {rows} rows, "
         f"P={args.prompt_len}, N={args.new_tokens} "
         f"({'EOS/stop allowed' if args.allow_stop else 'forced, no EOS/stop'}), "
+        f"lengths {args.length_dist}, length_buckets {args.length_buckets}, "
         f"μ={args.num_iterations} x {args.num_minibatches} minibatch(es), beta={args.beta}, "
         f"remat {args.remat}, grad accumulation {args.gradient_accumulation_steps}, "
         f"logprob_batch_size {args.logprob_batch_size or 'all'}, logprob_chunk_size "
         f"{args.logprob_chunk_size or 'all'}, median of {args.repeats} steps")
   what = {
       "rollout": f"generate {rows} x {'<= ' if args.allow_stop else ''}{args.new_tokens} "
-                 "tokens + copy to host",
+                 "tokens + copy to host"
+                 + (" (then cut to the drawn lengths)" if args.length_dist == "real" else ""),
       "rewards": f"countdown rewards of {rows} completions (process pool)",
       "old_logprobs": "π_old pass" if args.num_iterations > 1 else "none (μ = 1)",
       "ref_logprobs": "π_ref pass" if args.beta != 0 else "none (beta = 0)",

@@ -174,7 +174,8 @@ def run_one(args, preset, rows, remat, mesh, peak, attention="auto", logprobs="f
   n = args.seq_len - args.prompt_len
   cfg = trainer.TrainConfig(prompts_per_step=rows // 2, num_generations=2,
                             max_prompt_length=args.prompt_len, max_completion_length=n,
-                            remat=remat, logprob_chunk_size=args.logprob_chunk_size or None)
+                            remat=remat, logprob_chunk_size=args.logprob_chunk_size or None,
+                            length_buckets=0)  # every row is full length: the fixed step
   loss_cfg = grpo.GRPOConfig(num_generations=2, max_completion_length=n, beta=0.04)
   optimizer, schedule = trainer.make_optimizer(cfg)
   init = lambda p: trainer.init_state(p, cfg, optimizer, loss_cfg)  # noqa: E731

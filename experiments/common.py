@@ -93,6 +93,9 @@ flags.DEFINE_integer("num_processes", 1, "Processes (hosts) in a multi-host run.
 flags.DEFINE_integer("process_id", 0, "This process's index in a multi-host run.")
 flags.DEFINE_integer("gradient_accumulation_steps", 1, "Micro-batches per optimizer step.")
 flags.DEFINE_integer("logprob_batch_size", None, "Rows per chunk of the π_old/π_ref passes.")
+flags.DEFINE_integer("length_buckets", 4, "Update and π_old/π_ref passes: rows sorted by "
+                     "length into micro-batches, each cut to the shortest of this many lengths "
+                     "(multiples of (P + N) / length_buckets) that holds it; 0 or 1: fixed P + N.")
 flags.DEFINE_string("adam_mu_dtype", None, "dtype of Adam's first moment (e.g. bfloat16).")
 # -- run ----------------------------------------------------------------------------------------
 flags.DEFINE_string("workdir", "", "Where the run writes; rerunning with it resumes.")
@@ -212,7 +215,8 @@ def train_config(max_steps: Optional[int] = None,
       overlong_buffer=FLAGS.overlong_buffer, overlong_penalty=FLAGS.overlong_penalty,
       remat=FLAGS.remat, logprob_chunk_size=FLAGS.logprob_chunk_size, seed=FLAGS.seed,
       gradient_accumulation_steps=FLAGS.gradient_accumulation_steps,
-      logprob_batch_size=FLAGS.logprob_batch_size, adam_mu_dtype=FLAGS.adam_mu_dtype)
+      logprob_batch_size=FLAGS.logprob_batch_size, length_buckets=FLAGS.length_buckets,
+      adam_mu_dtype=FLAGS.adam_mu_dtype)
 
 
 def grpo_config() -> grpo.GRPOConfig:

@@ -23,9 +23,10 @@ from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
-from r1jax import grpo
+from r1jax import grpo, layout, sharding
 from r1jax.config import ModelConfig
 
 # (params, batch, num_items_in_batch) -> (loss, metrics)
@@ -72,10 +73,8 @@ def make_grpo_loss_fn(model_config: ModelConfig, cfg, loss_cfg: grpo.GRPOConfig)
 
   cfg: trainer.TrainConfig (temperature, remat, logprob_chunk_size).
   """
-  from r1jax import trainer  # pylint: disable=import-outside-toplevel
-
   def loss_fn(params, batch, num_items_in_batch=None):
-    logp, entropy = trainer.completion_log_probs(
+    logp, entropy = layout.completion_log_probs(
         params, batch["prompt_tokens"], batch["prompt_mask"], batch["completion_tokens"],
         batch["completion_mask"], model_config, temperature=cfg.temperature, remat=cfg.remat,
         chunk_size=cfg.logprob_chunk_size)
@@ -180,3 +179,223 @@ def chunked_logprob_fn(logprob_fn: Callable, chunk_rows: Optional[int]) -> Calla
   def fn(params, batch):
     return map_row_chunks(lambda mb: logprob_fn(params, mb), batch, chunk_rows)
   return fn
+
+
+# ----------------------------------------------------------------------------------------------
+# Length buckets: micro-batches of length-sorted rows, each cut to its own sequence length
+# ----------------------------------------------------------------------------------------------
+# The batch entries that the loss reads besides the log-probs.
+LOSS_KEYS = ("advantages", "completion_mask", "truncated", "old_logp", "ref_logp")
+# The batch entries that a log-prob forward reads.
+FORWARD_KEYS = ("prompt_tokens", "prompt_mask", "completion_tokens", "completion_mask")
+
+
+class _OnMesh:
+  """Jitting and batch placement of the bucketed functions: plain jit on one device, or the
+  mesh's shardings (params and optimizer state as given, batch rows over data/fsdp)."""
+
+  def __init__(self, mesh=None, param_sh=None, opt_sh=None, rules=sharding.DEFAULT_RULES):
+    self.mesh, self.param_sh, self.opt_sh, self.rules = mesh, param_sh, opt_sh, rules
+
+  def jit(self, fn, in_shardings, out_shardings, donate=()):
+    if self.mesh is None:
+      return jax.jit(fn, donate_argnums=donate)
+    return jax.jit(fn, in_shardings=in_shardings, out_shardings=out_shardings,
+                   donate_argnums=donate)
+
+  def put(self, tree):
+    return tree if self.mesh is None else sharding.put_batch(tree, self.mesh, self.rules)
+
+  def rows(self, n: int):
+    return None if self.mesh is None else sharding.batch_sharding(self.mesh, self.rules, n)
+
+  def replicated(self):
+    return None if self.mesh is None else sharding.replicated(self.mesh)
+
+
+def _host_batch(batch, keys=None) -> dict:
+  return {k: np.asarray(v) for k, v in batch.items() if keys is None or k in keys}
+
+
+def _buckets(batch, num_buckets: int) -> tuple[int, ...]:
+  total = batch["prompt_mask"].shape[1] + batch["completion_mask"].shape[1]
+  return layout.bucket_lengths(total, num_buckets)
+
+
+class BucketedUpdateStep:
+  """trainer.make_update_step's step, (params, opt_state, batch) -> (params, opt_state,
+  metrics), with a cost that follows the real tokens (--length_buckets).
+
+  The rows of the batch are sorted by length (prompt + completion tokens) into
+  `num_microbatches` micro-batches of equal row counts, so long and short rows do not share
+  one, and each micro-batch runs on the compact layout (r1jax.layout) cut to the shortest of
+  layout.bucket_lengths(P + N, num_buckets) that holds its longest row. Host-driven: one jitted
+  gradient pass per micro-batch (one compilation per bucket length), its gradient added in
+  float32 to a donated buffer, then one jitted optimizer step. Where P + N gives one bucket
+  only, the batch goes to `fixed_step` (the fixed-shape step) instead.
+
+  Exact for every loss_type, as `value_and_grad`: bnpo/dapo micro-batches are scored as DAPO's
+  shares of the whole batch's loss tokens and summed; grpo/dr_grpo micro-batch gradients are
+  weighted by their share of the rows. The loss and the metrics are the whole batch's, computed
+  once from the micro-batches' log-probs (exact also for advantages/* and
+  completion_length/mean, which the scan's per-micro-batch combination only approximates).
+  """
+
+  def __init__(self, fixed_step: Callable, model_config: ModelConfig, cfg,
+               loss_cfg: grpo.GRPOConfig, optimizer: optax.GradientTransformation,
+               num_microbatches: int, num_buckets: int, on_mesh: Optional[_OnMesh] = None):
+    self.fixed_step, self.model_config, self.cfg = fixed_step, model_config, cfg
+    self.loss_cfg, self.optimizer = loss_cfg, optimizer
+    self.num_microbatches, self.num_buckets = num_microbatches, num_buckets
+    self.token_level = loss_cfg.loss_type in ("bnpo", "dapo")
+    self.mesh = on_mesh or _OnMesh()
+    m = self.mesh
+    self._grads: dict = {}  # (length, rows) -> jitted gradient pass
+    self._zeros = m.jit(lambda p: jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), p),
+                        (m.param_sh,), m.param_sh)
+    self._apply = m.jit(self._apply_fn, (m.param_sh, m.opt_sh, m.param_sh, None, None, None),
+                        (m.param_sh, m.opt_sh, m.replicated()), donate=(0, 1))
+
+  def on_mesh(self, param_sh, opt_sh, mesh, rules=sharding.DEFAULT_RULES) -> BucketedUpdateStep:
+    """This step jitted over `mesh` (what sharding.shard_update_step does to a plain step)."""
+    fixed = sharding.shard_update_step(self.fixed_step, param_sh, opt_sh, mesh, rules)
+    return BucketedUpdateStep(fixed, self.model_config, self.cfg, self.loss_cfg, self.optimizer,
+                              self.num_microbatches, self.num_buckets,
+                              _OnMesh(mesh, param_sh, opt_sh, rules))
+
+  def _grad(self, length: int, rows: int):
+    """Jitted (params, acc, micro-batch, scalars) -> (acc + weight * grads, logp [rows,N],
+    entropy [rows,N]) on the compact layout of `length` slots."""
+    if (length, rows) not in self._grads:
+      self._grads[length, rows] = self._build_grad(length, rows)
+    return self._grads[length, rows]
+
+  def _build_grad(self, length: int, rows: int):
+    cfg, loss_cfg = self.cfg, self.loss_cfg
+
+    def loss_fn(params, mb, num_items):
+      logp, ent = layout.completion_log_probs(
+          params, mb["prompt_tokens"], mb["prompt_mask"], mb["completion_tokens"],
+          mb["completion_mask"], self.model_config, temperature=cfg.temperature,
+          remat=cfg.remat, chunk_size=cfg.logprob_chunk_size, length=length)
+      loss, _ = grpo_objective(logp, ent, mb, loss_cfg, num_items)
+      return loss, (logp, ent)
+
+    def fn(params, acc, mb, scalars):
+      num_items = scalars["num_items"] if self.token_level else None
+      (_, (logp, ent)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, mb, num_items)
+      acc = jax.tree.map(lambda a, g: a + scalars["weight"] * g.astype(jnp.float32), acc, grads)
+      return acc, logp, ent
+
+    m = self.mesh
+    return m.jit(fn, (m.param_sh, m.param_sh, None, None), (m.param_sh, m.rows(rows), m.rows(rows)),
+                 donate=(1,))
+
+  def _apply_fn(self, params, opt_state, acc, parts, logps, ents):
+    """The optimizer step on the summed gradients, and the whole batch's loss and metrics from
+    the micro-batches' log-probs (rows in micro-batch order: every metric is a row-order-free
+    reduction)."""
+    batch = {k: jnp.concatenate([p[k] for p in parts]) for k in parts[0]}
+    loss, metrics = grpo_objective(jnp.concatenate(logps), jnp.concatenate(ents), batch,
+                                   self.loss_cfg)
+    grads = jax.tree.map(lambda g, p: g.astype(p.dtype), acc, params)
+    updates, opt_state = self.optimizer.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    return params, opt_state, dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
+
+  def __call__(self, params, opt_state, batch):
+    buckets = _buckets(batch, self.num_buckets)
+    if len(buckets) == 1:
+      return self.fixed_step(params, opt_state, batch)
+    batch = _host_batch(batch)
+    b = batch["completion_mask"].shape[0]
+    lengths = layout.sequence_lengths(batch["prompt_mask"], batch["completion_mask"])
+    groups = layout.length_sorted_groups(lengths, self.num_microbatches)
+    num_items = np.float32(0.0)
+    if self.token_level:
+      num_items = np.float32(jax.device_get(grpo.num_loss_tokens(
+          batch["completion_mask"], batch.get("truncated"), self.loss_cfg)))
+    acc = self._zeros(params)
+    parts, logps, ents = [], [], []
+    for idx in groups:
+      mb = self.mesh.put({k: v[idx] for k, v in batch.items()})
+      weight = 1.0 if self.token_level else len(idx) / b
+      scalars = self.mesh.put({"num_items": num_items, "weight": np.float32(weight)})
+      grad = self._grad(layout.bucket_length(lengths[idx], buckets), len(idx))
+      acc, logp, ent = grad(params, acc, mb, scalars)
+      parts.append({k: mb[k] for k in LOSS_KEYS if k in mb})
+      logps.append(logp)
+      ents.append(ent)
+    return self._apply(params, opt_state, acc, parts, logps, ents)
+
+  def _cache_size(self) -> int:
+    """Compiled executables of this step, all its jitted parts together (as jax.jit's)."""
+    return _cache_size(self.fixed_step, self._zeros, self._apply, *self._grads.values())
+
+
+def _cache_size(*fns) -> int:
+  """Compiled executables of jitted functions (a sharded step counts its `.jitted`; a function
+  that is not jitted counts 0)."""
+  fns = [getattr(f, "jitted", f) for f in fns]
+  # pylint: disable-next=protected-access
+  return sum(f._cache_size() for f in fns if hasattr(f, "_cache_size"))
+
+
+class BucketedLogprobFn:
+  """The π_old / π_ref pass, (params, batch) -> completion log-probs [b,N] (host numpy, in the
+  batch's row order), with a cost that follows the real tokens (--length_buckets): rows sorted
+  by length into chunks of `chunk_rows` (None: one chunk of all rows), each run on the compact
+  layout cut to its bucket length (one compilation per bucket length). Where P + N gives one
+  bucket only, the batch goes to `fixed_fn` (the fixed-shape pass) instead."""
+
+  def __init__(self, fixed_fn: Callable, model_config: ModelConfig, cfg,
+               chunk_rows: Optional[int], num_buckets: int, on_mesh: Optional[_OnMesh] = None):
+    self.fixed_fn, self.model_config, self.cfg = fixed_fn, model_config, cfg
+    self.chunk_rows, self.num_buckets = chunk_rows, num_buckets
+    self.mesh = on_mesh or _OnMesh()
+    self._fns: dict = {}  # (length, rows) -> jitted pass
+
+  def on_mesh(self, param_sh, mesh, rules=sharding.DEFAULT_RULES) -> BucketedLogprobFn:
+    """This pass jitted over `mesh` (what sharding.shard_logprob_fn does to a plain pass)."""
+    fixed = sharding.shard_logprob_fn(self.fixed_fn, param_sh, mesh, rules)
+    return BucketedLogprobFn(fixed, self.model_config, self.cfg, self.chunk_rows,
+                             self.num_buckets, _OnMesh(mesh, param_sh, None, rules))
+
+  def _fn(self, length: int, rows: int):
+    if (length, rows) not in self._fns:
+      cfg = self.cfg
+
+      def fn(params, mb):
+        logp, _ = layout.completion_log_probs(
+            params, mb["prompt_tokens"], mb["prompt_mask"], mb["completion_tokens"],
+            mb["completion_mask"], self.model_config, temperature=cfg.temperature,
+            chunk_size=cfg.logprob_chunk_size, length=length)
+        return logp
+
+      self._fns[length, rows] = self.mesh.jit(fn, (self.mesh.param_sh, None),
+                                              self.mesh.rows(rows))
+    return self._fns[length, rows]
+
+  def __call__(self, params, batch):
+    buckets = _buckets(batch, self.num_buckets)
+    if len(buckets) == 1:
+      return self.fixed_fn(params, batch)
+    batch = _host_batch(batch, FORWARD_KEYS)
+    b, n = batch["completion_mask"].shape
+    lengths = layout.sequence_lengths(batch["prompt_mask"], batch["completion_mask"])
+    chunk = b if self.chunk_rows is None else min(self.chunk_rows, b)
+    if b % chunk:
+      raise ValueError(f"--logprob_batch_size={chunk} must divide the {b} rows")
+    groups = layout.length_sorted_groups(lengths, b // chunk)
+    outs = []
+    for idx in groups:  # all dispatched before the first result is waited for
+      mb = self.mesh.put({k: v[idx] for k, v in batch.items()})
+      outs.append(self._fn(layout.bucket_length(lengths[idx], buckets), len(idx))(params, mb))
+    logp = np.empty((b, n), np.float32)
+    for idx, out in zip(groups, jax.device_get(outs)):
+      logp[idx] = out
+    return logp
+
+  def _cache_size(self) -> int:
+    """Compiled executables of this pass, all its jitted parts together (as jax.jit's)."""
+    return _cache_size(self.fixed_fn, *self._fns.values())

@@ -295,8 +295,11 @@ def shard_update_step(step_fn: Callable, param_sh, opt_sh, mesh: Mesh,
   `step_fn` is trainer.make_update_step's step (jitted or not; a jitted one is inlined).
   params/opt_state keep their shardings (`param_sh`, `opt_sh`, e.g. from `state_shardings`)
   and are donated; the batch (host numpy or device arrays) is put row-sharded; metrics come
-  back replicated. One compilation per batch shape.
+  back replicated. One compilation per batch shape. A step with an `on_mesh` method
+  (accumulate.BucketedUpdateStep, host-driven over several jitted parts) jits its parts itself.
   """
+  if hasattr(step_fn, "on_mesh"):
+    return step_fn.on_mesh(param_sh, opt_sh, mesh, rules)
   jitted = jax.jit(step_fn, in_shardings=(param_sh, opt_sh, None),
                    out_shardings=(param_sh, opt_sh, replicated(mesh)),
                    donate_argnums=(0, 1) if donate else ())
@@ -310,7 +313,10 @@ def shard_update_step(step_fn: Callable, param_sh, opt_sh, mesh: Mesh,
 
 def shard_logprob_fn(logprob_fn: Callable, param_sh, mesh: Mesh,
                      rules: Rules = DEFAULT_RULES) -> Callable:
-  """(params, batch) -> [B,N] completion log-probs (trainer.make_logprob_fn), row-sharded."""
+  """(params, batch) -> [B,N] completion log-probs (trainer.make_logprob_fn), row-sharded.
+  A pass with an `on_mesh` method (accumulate.BucketedLogprobFn) jits its parts itself."""
+  if hasattr(logprob_fn, "on_mesh"):
+    return logprob_fn.on_mesh(param_sh, mesh, rules)
   @functools.lru_cache(maxsize=None)
   def compiled(rows):
     return jax.jit(logprob_fn, in_shardings=(param_sh, None),

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from r1jax import accumulate, grpo, model, sampling, sharding
+from r1jax import accumulate, grpo, layout, model, sampling, sharding
 from r1jax import rewards as rewards_lib
 from r1jax.config import ModelConfig, dtype_from_name
 from r1jax.data import ProblemStream
@@ -90,6 +90,12 @@ class TrainConfig:
   gradient_accumulation_steps: int = 1
   # Rows per chunk of the π_old / π_ref log-prob passes (None: all rows at once).
   logprob_batch_size: Optional[int] = None
+  # Cost that follows the real tokens: the rows of each update minibatch (and of the π_old /
+  # π_ref passes) are sorted by length into micro-batches (chunks), each cut to the shortest of
+  # `length_buckets` lengths, multiples of (max_prompt_length + max_completion_length) /
+  # length_buckets, that holds its longest row (r1jax.layout, accumulate.BucketedUpdateStep).
+  # Exact; one compilation per length. 0 or 1: off, every pass has the fixed length P + N.
+  length_buckets: int = 4
   # dtype of Adam's first moment (e.g. "bfloat16" halves it); None: the params' dtype.
   adam_mu_dtype: Optional[str] = None
   seed: int = 0
@@ -134,6 +140,8 @@ class TrainConfig:
                        f"max_completion_length={self.max_completion_length}]")
     if self.overlong_penalty < 0 or not np.isfinite(self.overlong_penalty):
       raise ValueError(f"--overlong_penalty must be >= 0, got {self.overlong_penalty}")
+    if self.length_buckets < 0:
+      raise ValueError(f"--length_buckets must be >= 0 (0 or 1: off), got {self.length_buckets}")
     if self.remat not in model.REMAT_POLICIES:
       raise ValueError(f"--remat={self.remat!r}; expected one of {sorted(model.REMAT_POLICIES)}")
 
@@ -181,18 +189,8 @@ def init_state(params, cfg: TrainConfig, optimizer, loss_cfg: grpo.GRPOConfig) -
 # ----------------------------------------------------------------------------------------------
 # Jitted pieces
 # ----------------------------------------------------------------------------------------------
-def completion_log_probs(params, prompt_tokens, prompt_mask, completion_tokens,
-                         completion_mask, model_config: ModelConfig, *, temperature: float,
-                         remat: str = "none", chunk_size: Optional[int] = None):
-  """Log-probs and entropies [B,N] of the completion tokens given the left-padded prompts."""
-  tokens = jnp.concatenate([prompt_tokens, completion_tokens], axis=1)
-  mask = jnp.concatenate([prompt_mask, completion_mask], axis=1)
-  logp, ent = model.sequence_log_probs(params, tokens, mask, model_config,
-                                       temperature=temperature, remat=remat,
-                                       chunk_size=chunk_size)
-  p = prompt_tokens.shape[1]
-  # Entry t of logp scores token t+1: completion token j sits at p + j, scored at p + j − 1.
-  return logp[:, p - 1:], ent[:, p - 1:]
+# The log-prob forward of every pass, on the compact right-padded layout (r1jax.layout).
+completion_log_probs = layout.completion_log_probs
 
 
 def make_logprob_fn(model_config: ModelConfig, cfg: TrainConfig):
@@ -210,7 +208,8 @@ def make_logprob_fn(model_config: ModelConfig, cfg: TrainConfig):
 
 def make_update_step(model_config: ModelConfig, cfg: TrainConfig, loss_cfg: grpo.GRPOConfig,
                      optimizer: optax.GradientTransformation, schedule: optax.Schedule):
-  """One jitted optimizer step: (params, opt_state, batch) -> (params, opt_state, metrics).
+  """One optimizer step: (params, opt_state, batch) -> (params, opt_state, metrics); one jit,
+  or with `length_buckets` > 1 an accumulate.BucketedUpdateStep of several.
 
   batch: prompt_tokens/prompt_mask [b,P], completion_tokens/completion_mask [b,N],
   advantages [b], truncated [b], and old_logp [b,N] (absent when μ = 1: then π_old = π_θ and
@@ -219,7 +218,22 @@ def make_update_step(model_config: ModelConfig, cfg: TrainConfig, loss_cfg: grpo
 
   step = accumulate.make_update_step(model_config, cfg, loss_cfg, optimizer,
                                      cfg.gradient_accumulation_steps)
-  return jax.jit(step, donate_argnums=(0, 1))
+  step = jax.jit(step, donate_argnums=(0, 1))
+  if cfg.length_buckets > 1:  # rows sorted by length into micro-batches of their own lengths
+    step = accumulate.BucketedUpdateStep(step, model_config, cfg, loss_cfg, optimizer,
+                                         cfg.gradient_accumulation_steps, cfg.length_buckets)
+  return step
+
+
+def make_chunked_logprob_fn(model_config: ModelConfig, cfg: TrainConfig):
+  """(params, batch) -> completion log-probs [B,N] of the π_old / π_ref passes, in chunks of
+  `logprob_batch_size` rows (length-sorted and cut to their bucket with `length_buckets`)."""
+  fn = jax.jit(accumulate.chunked_logprob_fn(make_logprob_fn(model_config, cfg),
+                                             cfg.logprob_batch_size))
+  if cfg.length_buckets > 1:
+    fn = accumulate.BucketedLogprobFn(fn, model_config, cfg, cfg.logprob_batch_size,
+                                      cfg.length_buckets)
+  return fn
 
 
 # TrainConfig fields that no jitted function of the trainer reads: sampling (the sampler is
@@ -246,8 +260,7 @@ def _compiled(model_config: ModelConfig, key: TrainConfig, loss_cfg: grpo.GRPOCo
   resumed run, the tests) reuse the compiled functions instead of compiling them again."""
   optimizer, schedule = make_optimizer(key)
   update_step = make_update_step(model_config, key, loss_cfg, optimizer, schedule)
-  logprob_fn = jax.jit(accumulate.chunked_logprob_fn(make_logprob_fn(model_config, key),
-                                                     key.logprob_batch_size))
+  logprob_fn = make_chunked_logprob_fn(model_config, key)
   return optimizer, schedule, update_step, logprob_fn
 
 
