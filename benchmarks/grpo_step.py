@@ -26,8 +26,9 @@ and the stop strings are therefore dropped: no completion stops early, every one
 the "</answer>" stop; the step then depends on what the model writes.
 Variable lengths: --length_dist real cuts each completion after a drawn number of tokens, as if
 EOS came there (the trainer's generate is wrapped: mask, tokens, lengths and `truncated` are set
-as the sampler sets them for a completion that stopped). Lengths are N * Beta(1.5, 3.5) rounded
-up: mean 30% of N, a real run's spread (a few near N), drawn once from --seed: every step sees
+as the sampler sets them for a completion that stopped). Lengths are vs_trl.completion_lengths
+(lognormal, mean 30% of N, ~1% at N: a real run's spread) drawn once from --seed, or the JSON
+list of --lengths_file (what vs_trl.py forces on TRL too): every step sees
 the same lengths, so the first step compiles each bucket length that the timed steps use (a
 real run's steady state). The sampler still generates N tokens per row (its rollout time is that of
 the fixed case); the log-prob passes and the update see the cut batch, which is what
@@ -87,10 +88,12 @@ def parse_args(argv=None):
   parser.add_argument("--gradient_accumulation_steps", type=int, default=4)
   parser.add_argument("--logprob_batch_size", type=int, default=64,
                       help="rows per chunk of the π_old/π_ref passes (0: all)")
-  parser.add_argument("--logprob_chunk_size", type=int, default=128,
-                      help="positions per unembedding chunk (0: whole sequence)")
+  parser.add_argument("--logprob_chunk_size", type=int, default=0,
+                      help="positions per unembedding chunk (0: the fused log-probs' own size)")
   parser.add_argument("--length_dist", default="fixed", choices=("fixed", "real"),
                       help="completion lengths: all --new_tokens, or drawn (mean 30%%)")
+  parser.add_argument("--lengths_file", default="",
+                      help="JSON list of the completion lengths (rows); implies --length_dist real")
   parser.add_argument("--length_buckets", type=int, default=4,
                       help="the trainer's --length_buckets (0: fixed length P + N)")
   parser.add_argument("--repeats", type=int, default=3, help="timed steps; medians are kept")
@@ -227,14 +230,24 @@ def build_trainer(args, config, tokenizer, mesh):
     raise SystemExit(str(e))
 
 
-def real_lengths(rows: int, n: int, seed: int):
-  """[rows] completion lengths in [1, n]: n * Beta(1.5, 3.5) rounded up (mean 0.3 n)."""
+def real_lengths(rows: int, n: int, seed: int, lengths_file: str = ""):
+  """[rows] completion lengths in [1, n]: the JSON list in `lengths_file` if given (the lengths
+  benchmarks/vs_trl.py also forces on TRL), else `vs_trl.completion_lengths(rows, n, seed)`
+  (lognormal, mean about 0.3 n, ~1% at n)."""
+  import json  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
-  rng = np.random.RandomState(seed)
-  return np.clip(np.ceil(n * rng.beta(1.5, 3.5, rows)), 1, n).astype(np.int32)
+  if not lengths_file:
+    from vs_trl import completion_lengths  # pylint: disable=import-outside-toplevel
+    return completion_lengths(rows, n, seed)
+  with open(lengths_file) as f:
+    lengths = np.asarray(json.load(f), np.int64)
+  if lengths.shape != (rows,) or lengths.min() < 1 or lengths.max() > n:
+    raise SystemExit(f"--lengths_file={lengths_file}: expected {rows} ints in [1, {n}], got "
+                     f"shape {lengths.shape}, range [{lengths.min()}, {lengths.max()}]")
+  return lengths.astype(np.int32)
 
 
-def cut_generate(generate, new_tokens: int, seed: int, pad_id: int):
+def cut_generate(generate, new_tokens: int, seed: int, pad_id: int, lengths_file: str = ""):
   """`generate` whose completions stop after `real_lengths` tokens (one draw, the same each
   call), as if EOS came there: mask, tokens (pad after the end), log-probs, lengths and
   `truncated` as the sampler writes them for a completion that stopped."""
@@ -243,7 +256,7 @@ def cut_generate(generate, new_tokens: int, seed: int, pad_id: int):
 
   def fn(params, tokens, mask, key):
     out = jax.device_get(generate(params, tokens, mask, key))
-    want = real_lengths(out.mask.shape[0], new_tokens, seed)
+    want = real_lengths(out.mask.shape[0], new_tokens, seed, lengths_file)
     keep = out.mask & (np.arange(out.mask.shape[1])[None] < want[:, None])
     lengths = keep.sum(1).astype(np.int32)
     return out._replace(tokens=np.where(keep, out.tokens, pad_id).astype(out.tokens.dtype),
@@ -296,9 +309,9 @@ def main(argv=None):
   config, params, base_tokenizer = load_policy(args, mesh)
   tokenizer = BenchTokenizer(base_tokenizer, args.allow_stop)
   grpo_trainer = build_trainer(args, config, tokenizer, mesh)
-  if args.length_dist == "real":
+  if args.length_dist == "real" or args.lengths_file:
     grpo_trainer.generate = cut_generate(grpo_trainer.generate, args.new_tokens, args.seed,
-                                         grpo_trainer.sampling_config.pad_id)
+                                         grpo_trainer.sampling_config.pad_id, args.lengths_file)
   calls: list[float] = []
   grpo_trainer.logprob_fn = timed_logprob_fn(grpo_trainer.logprob_fn, calls)
   state = {"state": grpo_trainer.init_state(params)}
@@ -338,7 +351,8 @@ def main(argv=None):
   what = {
       "rollout": f"generate {rows} x {'<= ' if args.allow_stop else ''}{args.new_tokens} "
                  "tokens + copy to host"
-                 + (" (then cut to the drawn lengths)" if args.length_dist == "real" else ""),
+                 + (" (then cut to the drawn lengths)"
+                    if args.length_dist == "real" or args.lengths_file else ""),
       "rewards": f"countdown rewards of {rows} completions (process pool)",
       "old_logprobs": "π_old pass" if args.num_iterations > 1 else "none (μ = 1)",
       "ref_logprobs": "π_ref pass" if args.beta != 0 else "none (beta = 0)",

@@ -18,7 +18,6 @@ Shapes: B rows, P prompt and N completion slots, T slots of the compact sequence
 
 from __future__ import annotations
 
-import inspect
 from typing import Optional, Sequence
 
 import jax
@@ -28,14 +27,10 @@ import numpy as np
 from r1jax import model
 from r1jax.config import ModelConfig
 
-# The one place that chooses how model.sequence_log_probs attends. In the compact layout the
-# causal mask alone is exact (padding comes after every real token), and with `causal_only=True`
-# the fused attention runs cuDNN flash without a mask. model.sequence_log_probs gains that
-# keyword on another branch; until it is merged the key mask is passed as before (also exact).
-# After the merge this becomes SEQUENCE_LOG_PROBS_KW = {"causal_only": True}.
-SEQUENCE_LOG_PROBS_KW = ({"causal_only": True}
-                         if "causal_only" in inspect.signature(model.sequence_log_probs).parameters
-                         else {})
+# How model.sequence_log_probs attends on this layout: the causal mask alone is exact (padding
+# comes after every real token), so `causal_only=True` lets cuDNN flash attention run without a
+# mask (model.forward).
+SEQUENCE_LOG_PROBS_KW = {"causal_only": True}
 
 
 def compact_layout(prompt_tokens, prompt_mask, completion_tokens, completion_mask,
