@@ -45,6 +45,10 @@ flags.DEFINE_enum("template", "compact", ["r1_zero", "plain", "compact", "chat"]
                   "instruct models).")
 flags.DEFINE_string("system_prompt", "", "With --template=chat: a system message before the "
                     "question (empty: none, so the template's default system prompt applies).")
+flags.DEFINE_string("chat_instruction", None, "With --template=chat: the text after the question "
+                    "in the user message. Default: the R1 think/answer instruction with an "
+                    "answer example for the task's reward (r1jax.chat.r1_instruction); empty: "
+                    "none.")
 flags.DEFINE_integer("num_train_problems", 0, "Cap on training problems (0: the whole split).")
 flags.DEFINE_float("format_weight", 1.0, "Weight of the format reward.")
 flags.DEFINE_float("accuracy_weight", 1.0, "Weight of the accuracy reward.")
@@ -181,7 +185,8 @@ def prompt_formatter(reward_kind: str):
   template from tokenizer_dir() and words the answer instruction for `reward_kind`."""
   from r1jax import tasks  # pylint: disable=import-outside-toplevel
   return tasks.prompt_formatter(FLAGS.template, checkpoint_dir=tokenizer_dir(),
-                                system_prompt=FLAGS.system_prompt, reward_kind=reward_kind)
+                                system_prompt=FLAGS.system_prompt, reward_kind=reward_kind,
+                                instruction=FLAGS.chat_instruction)
 
 
 def prompt_add_bos(tokenizer) -> bool:

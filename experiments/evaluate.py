@@ -131,6 +131,7 @@ def main(argv):
     all_records += [dict(r, task=name) for r in records]
   out = {"checkpoint": FLAGS.init_checkpoint or f"random:{FLAGS.model_preset}",
          "template": FLAGS.template, "system_prompt": FLAGS.system_prompt,
+         "chat_instruction": FLAGS.chat_instruction,
          "temperature": FLAGS.eval_temperature,
          "top_p": FLAGS.eval_top_p, "samples_per_problem": FLAGS.eval_num_samples,
          "max_new_tokens": FLAGS.max_completion_length, "seed": FLAGS.seed,

@@ -100,21 +100,26 @@ class ChatPromptFormat:
 
 
 def prompt_formatter(template: str, *, checkpoint_dir: Optional[str] = None,
-                     system_prompt: str = "", reward_kind: str = ""):
+                     system_prompt: str = "", reward_kind: str = "",
+                     instruction: Optional[str] = None):
   """The trainer's and evaluator's `format_prompt` (problem -> text) for template `template`.
 
   For "chat", the chat template is read from `checkpoint_dir` (the checkpoint's or tokenizer's
-  directory) and the think/answer instruction fits `reward_kind`. Raises naming the flags
-  (--template, --system_prompt, --init_checkpoint) on bad combinations.
+  directory); the user message is the question, then `instruction` (None: the think/answer
+  instruction worded for `reward_kind`, r1jax.chat.r1_instruction; "": nothing). Raises naming
+  the flags (--template, --system_prompt, --chat_instruction, --init_checkpoint) on bad
+  combinations.
   """
   if template != CHAT:
     _check(template)
-    if system_prompt:
-      raise ValueError(f"--system_prompt is only used with --template=chat, not "
-                       f"--template={template}")
+    for flag, value in (("system_prompt", system_prompt), ("chat_instruction", instruction)):
+      if value:
+        raise ValueError(f"--{flag} is only used with --template=chat, not "
+                         f"--template={template}")
     return functools.partial(format_problem, template=template)
   if not checkpoint_dir:
     raise ValueError("--template=chat renders the checkpoint's chat template, but no checkpoint "
                      "directory was given (--init_checkpoint or a --tokenizer directory)")
-  return ChatPromptFormat(chat.load_chat_template(checkpoint_dir), system_prompt,
-                          chat.r1_instruction(reward_kind))
+  if instruction is None:
+    instruction = chat.r1_instruction(reward_kind)
+  return ChatPromptFormat(chat.load_chat_template(checkpoint_dir), system_prompt, instruction)
