@@ -49,6 +49,9 @@ flags.DEFINE_string("chat_instruction", None, "With --template=chat: the text af
                     "in the user message. Default: the R1 think/answer instruction with an "
                     "answer example for the task's reward (r1jax.chat.r1_instruction); empty: "
                     "none.")
+flags.DEFINE_string("chat_response_prefix", "", "With --template=chat: text written after the "
+                    "assistant's header as the start of every response (e.g. '<think>'); the "
+                    "format reward counts it as part of the response.")
 flags.DEFINE_integer("num_train_problems", 0, "Cap on training problems (0: the whole split).")
 flags.DEFINE_float("format_weight", 1.0, "Weight of the format reward.")
 flags.DEFINE_float("accuracy_weight", 1.0, "Weight of the accuracy reward.")
@@ -186,7 +189,14 @@ def prompt_formatter(reward_kind: str):
   from r1jax import tasks  # pylint: disable=import-outside-toplevel
   return tasks.prompt_formatter(FLAGS.template, checkpoint_dir=tokenizer_dir(),
                                 system_prompt=FLAGS.system_prompt, reward_kind=reward_kind,
-                                instruction=FLAGS.chat_instruction)
+                                instruction=FLAGS.chat_instruction,
+                                response_prefix=FLAGS.chat_response_prefix)
+
+
+def completion_prefix() -> str:
+  """The response text the prompt already wrote, for the format reward's `prefix`."""
+  from r1jax import tasks  # pylint: disable=import-outside-toplevel
+  return tasks.completion_prefix(FLAGS.template, FLAGS.chat_response_prefix)
 
 
 def prompt_add_bos(tokenizer) -> bool:

@@ -48,7 +48,7 @@ def build_reward_fn(task):
   cfg = rewards.RewardConfig(format_weight=FLAGS.format_weight,
                              accuracy_weight=FLAGS.accuracy_weight, extra=extra,
                              timeout_s=FLAGS.reward_timeout_s)
-  prefix = tasks.completion_prefix(FLAGS.template)
+  prefix = common.completion_prefix()
   return functools.partial(rewards.score_completions, reward_kind=task.reward_kind, config=cfg,
                            prefix=prefix)
 

@@ -56,7 +56,7 @@ def _compile(source: str):
   """The template compiled in the sandboxed environment transformers uses."""
   import jinja2  # pylint: disable=import-outside-toplevel
   import jinja2.ext  # pylint: disable=import-outside-toplevel
-  from jinja2.sandbox import ImmutableSandboxedEnvironment  # pylint: disable=import-outside-toplevel
+  from jinja2 import sandbox  # pylint: disable=import-outside-toplevel
 
   def raise_exception(message):
     raise jinja2.exceptions.TemplateError(message)
@@ -69,8 +69,8 @@ def _compile(source: str):
   def strftime_now(fmt):
     return datetime.datetime.now().strftime(fmt)
 
-  env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                      extensions=[jinja2.ext.loopcontrols])
+  env = sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                              extensions=[jinja2.ext.loopcontrols])
   env.filters["tojson"] = tojson
   env.globals["raise_exception"] = raise_exception
   env.globals["strftime_now"] = strftime_now

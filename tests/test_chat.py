@@ -62,28 +62,39 @@ def _tokenizer_dir(path, template=TEMPLATE, where="jinja"):
   return str(path)
 
 
-@pytest.mark.parametrize("where", ["jinja", "config"])
-@pytest.mark.parametrize("system_prompt", ["", "You are a careful solver."])
-def test_chat_prompt_ids_match_transformers(tmp_path, where, system_prompt):
+def _reference_ids(tokenizer, question, system_prompt, response_prefix, reward_kind="numeric"):
+  """transformers' ids: the prompt with the generation header, or with `response_prefix` as the
+  start of the assistant's message (continue_final_message)."""
+  messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
+      {"role": "user", "content": question + " " + chat.r1_instruction(reward_kind)}]
+  if not response_prefix:
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                         return_dict=False)
+  return tokenizer.apply_chat_template(
+      messages + [{"role": "assistant", "content": response_prefix}],
+      continue_final_message=True, tokenize=True, return_dict=False)
+
+
+@pytest.mark.parametrize("where,system_prompt,response_prefix",
+                         [("jinja", "", ""), ("config", "", ""),
+                          ("jinja", "You are a careful solver.", "<think>")])
+def test_chat_prompt_ids_match_transformers(tmp_path, where, system_prompt, response_prefix):
   path = _tokenizer_dir(tmp_path / "tok", where=where)
   fmt = tasks.prompt_formatter("chat", checkpoint_dir=path, system_prompt=system_prompt,
-                               reward_kind="numeric")
+                               reward_kind="numeric", response_prefix=response_prefix)
   ours = HFTokenizer(path)
   theirs = transformers.AutoTokenizer.from_pretrained(path)
   assert theirs.chat_template == TEMPLATE
   for problem in PROBLEMS:
-    user = problem.question + " " + chat.r1_instruction("numeric")
-    messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
-        {"role": "user", "content": user}]
-    want = theirs.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                      return_dict=False)
+    want = _reference_ids(theirs, problem.question, system_prompt, response_prefix)
     text = fmt(problem)
     got = ours.encode(text, add_bos=ours.bos_id is not None and tasks.template_adds_bos("chat"))
     assert got == want, text
     # One BOS, written by the template; the default system prompt only without --system_prompt.
     assert got[0] == ours.bos_id and got.count(ours.bos_id) == 1
     assert ("Default system prompt." in text) == (not system_prompt)
-    assert text.endswith("<|assistant|>\n") and "<answer> 42 </answer>" in text
+    assert text.endswith("<|assistant|>\n" + response_prefix) and "<answer> 42 </answer>" in text
+  assert tasks.completion_prefix("chat", response_prefix) == response_prefix
 
 
 def test_render_is_sandboxed_and_raises_naming_the_file(tmp_path):
@@ -115,6 +126,8 @@ def test_missing_template_and_bad_flags_are_named(tmp_path):
   with pytest.raises(ValueError, match="--template=chat"):
     tasks.format_prompt("What is 1 + 1?", "chat")
   assert tasks.completion_prefix("chat") == ""
+  with pytest.raises(ValueError, match="--chat_response_prefix is only used with --template=chat"):
+    tasks.prompt_formatter("compact", response_prefix="<think>")
   assert not tasks.template_adds_bos("chat") and tasks.template_adds_bos("r1_zero")
   fixed = tasks.prompt_formatter("r1_zero")
   assert fixed(PROBLEMS[0]) == tasks.format_prompt(PROBLEMS[0].question, "r1_zero")

