@@ -187,7 +187,8 @@ def prompt_formatter(reward_kind: str):
   """problem -> prompt text under --template (and --system_prompt); `chat` reads the chat
   template from tokenizer_dir() and words the answer instruction for `reward_kind`."""
   from r1jax import tasks  # pylint: disable=import-outside-toplevel
-  return tasks.prompt_formatter(FLAGS.template, checkpoint_dir=tokenizer_dir(),
+  return tasks.prompt_formatter(FLAGS.template,
+                                checkpoint_dir=tokenizer_dir() or FLAGS.init_checkpoint or None,
                                 system_prompt=FLAGS.system_prompt, reward_kind=reward_kind,
                                 instruction=FLAGS.chat_instruction,
                                 response_prefix=FLAGS.chat_response_prefix)
