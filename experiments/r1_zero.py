@@ -40,8 +40,7 @@ def build_task():
   if FLAGS.num_train_problems:
     train = train[:FLAGS.num_train_problems]
   test = test[:FLAGS.eval_num_problems]
-  fmt = functools.partial(tasks.format_problem, template=FLAGS.template)
-  return task, train, test, fmt
+  return task, train, test, common.prompt_formatter(task.reward_kind)
 
 
 def build_reward_fn(task):
@@ -49,7 +48,7 @@ def build_reward_fn(task):
   cfg = rewards.RewardConfig(format_weight=FLAGS.format_weight,
                              accuracy_weight=FLAGS.accuracy_weight, extra=extra,
                              timeout_s=FLAGS.reward_timeout_s)
-  prefix = tasks.completion_prefix(FLAGS.template)
+  prefix = common.completion_prefix()
   return functools.partial(rewards.score_completions, reward_kind=task.reward_kind, config=cfg,
                            prefix=prefix)
 
@@ -64,7 +63,7 @@ def main(argv):
   task, train, test, fmt = build_task()
   reward_fn = build_reward_fn(task)
   cfg = common.train_config()
-  add_bos = tokenizer.bos_id is not None
+  add_bos = common.prompt_add_bos(tokenizer)
   grpo_trainer = trainer.GRPOTrainer(model_config, cfg, common.grpo_config(), tokenizer, train,
                                      fmt, reward_fn, add_bos=add_bos, mesh=mesh)
 

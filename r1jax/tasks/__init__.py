@@ -16,7 +16,9 @@ from __future__ import annotations
 from r1jax.tasks.arithmetic import ArithmeticTask
 from r1jax.tasks.base import REWARD_KINDS, Problem, Task
 from r1jax.tasks.countdown import CountdownTask, verify_equation
-from r1jax.tasks.template import TEMPLATES, completion_prefix, format_problem, format_prompt
+from r1jax.tasks.template import (TEMPLATE_NAMES, TEMPLATES, ChatPromptFormat, completion_prefix,
+                                   format_problem, format_prompt, prompt_formatter,
+                                   template_adds_bos)
 
 
 def _gsm8k(**kw):
@@ -71,6 +73,7 @@ def get_task(name: str, **kwargs) -> Task:
     raise TypeError(f"task {name!r}: {e}") from e
 
 
-__all__ = ["ArithmeticTask", "CountdownTask", "Problem", "REWARD_KINDS", "TASKS", "TEMPLATES",
-           "Task", "completion_prefix", "format_problem", "format_prompt", "get_task",
+__all__ = ["ArithmeticTask", "ChatPromptFormat", "CountdownTask", "Problem", "REWARD_KINDS", "TASKS",
+           "TEMPLATES", "TEMPLATE_NAMES", "Task", "completion_prefix", "format_problem",
+           "format_prompt", "get_task", "prompt_formatter", "template_adds_bos",
            "verify_equation"]
