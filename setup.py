@@ -5,6 +5,8 @@ setup(
     version="0.1.0",
     description="DeepSeek-R1-Zero / R1 training (GRPO with rule-based rewards) in JAX",
     packages=find_packages(include=["r1jax", "r1jax.*"]),
+    # The TFDS download checksums of GSM8K and MATH-500 (r1jax/tasks/datasets.py).
+    package_data={"r1jax.tasks": ["checksums.tsv"]},
     python_requires=">=3.10",
     install_requires=[
         "jax>=0.6.0,<0.12",

@@ -35,7 +35,8 @@ flags.DEFINE_string("dtype", "float32", "Compute dtype: float32 | bfloat16.")
 flags.DEFINE_string("param_dtype", "float32", "Parameter storage dtype: float32 | bfloat16.")
 # -- task and rewards ---------------------------------------------------------------------------
 flags.DEFINE_string("task", "countdown", "countdown | arithmetic | gsm8k | math500 | ...")
-flags.DEFINE_string("data_dir", "", "Directory with the task's JSONL files (gsm8k, math500, ...).")
+flags.DEFINE_string("data_dir", "", "Directory with the task's JSONL files (gsm8k, math500, ...); "
+                    "empty: GSM8K and MATH-500 are downloaded from their public sources.")
 flags.DEFINE_list("task_options", [], "Task keyword arguments as key=value (ints/floats parsed).")
 flags.DEFINE_enum("template", "compact", ["r1_zero", "plain", "compact", "chat"],
                   "Prompt template: r1_zero (DeepSeek-R1 Table 1, for base models) | plain | "
