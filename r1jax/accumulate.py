@@ -212,12 +212,6 @@ class _OnMesh:
   def replicated(self):
     return None if self.mesh is None else sharding.replicated(self.mesh)
 
-  def row_multiple(self) -> int:
-    """The devices that batch rows are split over (1 without a mesh)."""
-    if self.mesh is None:
-      return 1
-    return sharding.batch_devices(self.mesh, self.rules)
-
 
 def _host_batch(batch, keys=None) -> dict:
   return {k: np.asarray(v) for k, v in batch.items() if keys is None or k in keys}
@@ -232,12 +226,11 @@ class BucketedUpdateStep:
   """trainer.make_update_step's step, (params, opt_state, batch) -> (params, opt_state,
   metrics), with a cost that follows the real tokens (--length_buckets).
 
-  The rows of the batch are sorted by length (prompt + completion tokens) into micro-batches of
-  at most b / `num_microbatches` rows (`layout.cost_groups`: b / num_microbatches, half or a
-  quarter of that, whichever partition pads least), so long and short rows do not share one,
-  and each micro-batch runs on the compact layout (r1jax.layout) cut to the shortest of
+  The rows of the batch are sorted by length (prompt + completion tokens) into
+  `num_microbatches` micro-batches of equal row counts, so long and short rows do not share
+  one, and each micro-batch runs on the compact layout (r1jax.layout) cut to the shortest of
   layout.bucket_lengths(P + N, num_buckets) that holds its longest row. Host-driven: one jitted
-  gradient pass per micro-batch (one compilation per bucket length and row count), added in
+  gradient pass per micro-batch (one compilation per bucket length), its gradient added in
   float32 to a donated buffer, then one jitted optimizer step. Where P + N gives one bucket
   only, the batch goes to `fixed_step` (the fixed-shape step) instead.
 
@@ -298,11 +291,13 @@ class BucketedUpdateStep:
     return m.jit(fn, (m.param_sh, m.param_sh, None, None), (m.param_sh, m.rows(rows), m.rows(rows)),
                  donate=(1,))
 
-  def _apply_fn(self, params, opt_state, acc, batch, logp, ent):
+  def _apply_fn(self, params, opt_state, acc, parts, logps, ents):
     """The optimizer step on the summed gradients, and the whole batch's loss and metrics from
     the micro-batches' log-probs (rows in micro-batch order: every metric is a row-order-free
     reduction)."""
-    loss, metrics = grpo_objective(logp, ent, batch, self.loss_cfg)
+    batch = {k: jnp.concatenate([p[k] for p in parts]) for k in parts[0]}
+    loss, metrics = grpo_objective(jnp.concatenate(logps), jnp.concatenate(ents), batch,
+                                   self.loss_cfg)
     grads = jax.tree.map(lambda g, p: g.astype(p.dtype), acc, params)
     updates, opt_state = self.optimizer.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
@@ -315,8 +310,7 @@ class BucketedUpdateStep:
     batch = _host_batch(batch)
     b = batch["completion_mask"].shape[0]
     lengths = layout.sequence_lengths(batch["prompt_mask"], batch["completion_mask"])
-    groups = layout.cost_groups(lengths, self.num_microbatches, buckets,
-                                row_multiple=self.mesh.row_multiple())
+    groups = layout.length_sorted_groups(lengths, self.num_microbatches)
     num_items = np.float32(0.0)
     if self.token_level:
       num_items = np.float32(jax.device_get(grpo.num_loss_tokens(
@@ -332,10 +326,7 @@ class BucketedUpdateStep:
       parts.append({k: mb[k] for k in LOSS_KEYS if k in mb})
       logps.append(logp)
       ents.append(ent)
-    # Concatenated outside the jit: micro-batches of any row counts reuse one optimizer step.
-    whole = {k: jnp.concatenate([p[k] for p in parts]) for k in parts[0]}
-    return self._apply(params, opt_state, acc, whole, jnp.concatenate(logps),
-                       jnp.concatenate(ents))
+    return self._apply(params, opt_state, acc, parts, logps, ents)
 
   def _cache_size(self) -> int:
     """Compiled executables of this step, all its jitted parts together (as jax.jit's)."""

@@ -100,48 +100,6 @@ def bucket_length(lengths: np.ndarray, buckets: Sequence[int]) -> int:
                    "(--max_prompt_length + --max_completion_length)")
 
 
-def cost_groups(lengths: np.ndarray, num_groups: int, buckets: Sequence[int],
-                splits: Sequence[int] = (1, 2, 4), row_multiple: int = 1) -> list[np.ndarray]:
-  """Row indices in micro-batches whose padded cost follows the real tokens.
-
-  The rows, sorted by length (stable), are cut into units of b / (num_groups * max(splits))
-  rows; runs of consecutive units form the micro-batches, each of b / (num_groups * s) rows for
-  an s of `splits` (so no micro-batch is larger than the b / num_groups rows of
-  `length_sorted_groups`, and there are at most len(splits) row counts). Among those partitions
-  the one of least cost is taken (dynamic programming over the units): a micro-batch costs its
-  rows x its bucket length (`bucket_length` of its longest row) plus one unit at the shortest
-  bucket, a stand-in for a pass's fixed cost, so that a split must save more than that. A few
-  long rows then run in a small micro-batch of their own instead of dragging b / num_groups
-  rows to their bucket. Splits whose units are not a multiple of `row_multiple` (the devices
-  the rows are sharded over) or do not divide the rows are dropped; with none left this is
-  `length_sorted_groups`.
-  """
-  b = len(lengths)
-  most = max(s for s in splits)
-  usable = [s for s in splits if most % s == 0]
-  unit = b // (num_groups * most) if b % (num_groups * most) == 0 else 0
-  if unit == 0 or unit % row_multiple or most == 1:
-    return length_sorted_groups(lengths, num_groups)
-  order = np.argsort(np.asarray(lengths), kind="stable")
-  n = b // unit
-  unit_max = np.asarray(lengths)[order].reshape(n, unit).max(1)  # ascending
-  sizes = sorted({most // s for s in usable})  # units per micro-batch
-  overhead = unit * min(buckets)
-  best = [0.0] + [float("inf")] * n
-  choice = [0] * (n + 1)
-  for i in range(1, n + 1):
-    for size in sizes:
-      if size <= i:
-        cost = best[i - size] + size * unit * bucket_length(unit_max[i - 1:i], buckets) + overhead
-        if cost < best[i]:
-          best[i], choice[i] = cost, size
-  groups, i = [], n
-  while i > 0:
-    groups.append(order[(i - choice[i]) * unit:i * unit])
-    i -= choice[i]
-  return groups[::-1]
-
-
 def length_sorted_groups(lengths: np.ndarray, num_groups: int) -> list[np.ndarray]:
   """Row indices split into `num_groups` equal groups of rows sorted by length (stable), so that
   long and short rows do not share a group."""

@@ -224,11 +224,6 @@ def batch_spec(rows: int, mesh: Mesh, rules: Rules = DEFAULT_RULES) -> P:
   return logical_to_spec(("batch",), (rows,), mesh, rules)
 
 
-def batch_devices(mesh: Mesh, rules: Rules = DEFAULT_RULES) -> int:
-  """How many ways batch rows are split: the product of the mesh axes of the `batch` rule."""
-  return math.prod(mesh.shape[a] for a in _rule("batch", rules))
-
-
 def batch_sharding(mesh: Mesh, rules: Rules = DEFAULT_RULES,
                    rows: Optional[int] = None) -> NamedSharding:
   """NamedSharding of [B, ...] arrays, rows over (data, fsdp).
