@@ -462,7 +462,7 @@ def parse_compiler_options(spec: str) -> dict:
 
 
 # XLA options of every sampling program: GEMM autotuning off on GPU, and cuBLAS instead of
-# XLA's Triton GEMMs. Measured with jax 0.11.2 on one H200 (docs/r1_zero_gpu.md, BENCHMARKS.md):
+# XLA's Triton GEMMs. Measured with jax 0.11.2 on one H200 (docs/performance.md, BENCHMARKS.md):
 # - 2026-12-01: with autotuning on, a lone process's evaluation program (1,024 rows, T 0.6, top-p
 #   0.95) sampled corrupted text (format rate 0.21-0.23 where the same weights give 0.999) while
 #   its training rollouts (512 rows, T 1.0) were sound; with autotuning off every sampling
@@ -474,7 +474,7 @@ def parse_compiler_options(spec: str) -> dict:
 #   sound on its evaluation. Without autotuning no process tunes kernels on a shared GPU.
 # On CPU the options change nothing. The environment variable R1JAX_SAMPLER_XLA_OPTIONS
 # (name=value,...) replaces them, e.g. to try a faster setting against
-# benchmarks/choose_sampler_options.sh's check; empty ("") compiles with XLA's defaults.
+# tools/gpu_jobs/choose_sampler_options.sh's check; empty ("") compiles with XLA's defaults.
 DEFAULT_COMPILER_OPTIONS = "xla_gpu_autotune_level=0,xla_gpu_enable_triton_gemm=false"
 COMPILER_OPTIONS = parse_compiler_options(
     os.environ.get("R1JAX_SAMPLER_XLA_OPTIONS", DEFAULT_COMPILER_OPTIONS))

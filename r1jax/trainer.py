@@ -511,7 +511,7 @@ def warn_if_other_terms_decide(shares: dict[str, float], scale_rewards: str,
   other reward terms alone differ, and the group's std scales their small differences up to
   advantages as large as a right answer's against a wrong one. In the R1 pipeline's stage 2 on
   2026-12-03 (a 0.5-weighted language score) this held for 60% of the groups and pass@1
-  did not move in 60 steps (docs/r1_pipeline.md, sixth attempt)."""
+  did not move in 60 steps (docs/r1_pipeline.md, "What did not work")."""
   if scale_rewards != "group" or "frac_zero_std/accuracy" not in shares:
     return False
   gap = shares["frac_zero_std/accuracy"] - shares["frac_reward_zero_std"]
