@@ -14,20 +14,9 @@ import pytest
 from r1jax import hf, model
 from r1jax.config import get_config
 
+from param_utils import random_params  # noqa: E402  (tests/ is on sys.path)
+
 B, T, H, N, K = 3, 9, 4, 2, 8  # GQA: 2 query heads per kv head
-
-
-def random_params(config, seed=0, std=0.3):
-  """Random parameters from NumPy (no jitted init to compile): normal(0, std), norms at 1."""
-  rng = np.random.default_rng(seed)
-
-  def leaf(path, shape):
-    if "norm" in jax.tree_util.keystr(path):
-      return jnp.ones(shape, jnp.float32)
-    return jnp.asarray(std * rng.standard_normal(shape), jnp.float32)
-
-  return jax.tree_util.tree_map_with_path(leaf, model.param_shapes(config),
-                                          is_leaf=lambda x: isinstance(x, tuple))
 
 
 def _qkv(seed=0):

@@ -15,20 +15,9 @@ import pytest
 from r1jax import grpo, model, trainer
 from r1jax.config import get_config
 
+from param_utils import random_params  # noqa: E402  (tests/ is on sys.path)
+
 B, T = 3, 10  # chunks of 4 positions leave a ragged last one
-
-
-def random_params(config, seed=0, std=0.3):
-  """Random parameters from NumPy (no jitted init to compile): normal(0, std), norms at 1."""
-  rng = np.random.default_rng(seed)
-
-  def leaf(path, shape):
-    if "norm" in jax.tree_util.keystr(path):
-      return jnp.ones(shape, jnp.float32)
-    return jnp.asarray(std * rng.standard_normal(shape), jnp.float32)
-
-  return jax.tree_util.tree_map_with_path(leaf, model.param_shapes(config),
-                                          is_leaf=lambda x: isinstance(x, tuple))
 
 
 def _setup(tie_embeddings, **overrides):
